@@ -1,0 +1,135 @@
+"""The ``fab`` command line.
+
+``fab plugins`` lists every plugin the registry knows, ``fab --version`` the installed fab
+packages. Later commands (``fab run``) take their choices from the registry too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict
+from importlib import metadata
+
+from fab.core import registry
+
+#: The first-party distributions, in layer order, for ``fab --version``.
+_FAB_PACKAGES = (
+    "fab-core",
+    "fab-wrappers",
+    "fab-lazy",
+    "fab-accelerators",
+    "fab-strategies",
+    "fab-precision",
+    "fab-loggers",
+)
+
+
+def installed_versions() -> dict[str, str | None]:
+    """Every first-party fab package and its installed version (None: not installed)."""
+    versions: dict[str, str | None] = {}
+    for name in _FAB_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _version_text() -> str:
+    lines = [
+        f"{name} {version if version is not None else '(not installed)'}"
+        for name, version in installed_versions().items()
+    ]
+    return "\n".join(lines)
+
+
+def _plugins(args: argparse.Namespace) -> int:
+    groups = [registry.get_registry(g) for g in args.group] if args.group else [
+        registry.get_registry(g) for g in registry.GROUPS
+    ]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rows = [row for group in groups for row in group.records(load=not args.no_load)]
+        conflicts = [str(c) for group in groups for c in group.conflicts()]
+    notes = [str(w.message) for w in caught if not issubclass(w.category, registry.PluginConflictWarning)]
+    if args.json:
+        payload = {
+            "plugins": [asdict(row) for row in rows],
+            "conflicts": conflicts,
+            "warnings": notes,
+        }
+        print(json.dumps(payload, indent=2))
+        return 0
+    headers = ("group", "name", "distribution", "target", "status")
+    table = [
+        (
+            row.group.removeprefix("fab."),
+            row.name,
+            f"{row.distribution or '(run time)'} {row.version or ''}".strip(),
+            row.target,
+            row.status,
+        )
+        for row in rows
+    ]
+    widths = [max([len(h)] + [len(r[i]) for r in table]) for i, h in enumerate(headers)]
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+    for r in table:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    details = [row for row in rows if row.detail and row.status in ("error", "disabled")]
+    if details:
+        print("\nproblems:")
+        for row in details:
+            print(f"  {row.group.removeprefix('fab.')}:{row.name}: {row.detail}")
+    if conflicts:
+        print("\nname conflicts:")
+        for text in conflicts:
+            print(f"  {text}")
+    for note in notes:
+        print(f"\nwarning: {note}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fab", description="fab: a lightweight PyTorch training accelerator."
+    )
+    parser.add_argument(
+        "--version", action="store_true", help="show every installed fab package and its version"
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    plugins = commands.add_parser(
+        "plugins", help="list every plugin: group, name, distribution, target, status or error"
+    )
+    plugins.add_argument("--json", action="store_true", help="machine-readable output")
+    plugins.add_argument(
+        "--group",
+        action="append",
+        choices=sorted({g.removeprefix("fab.") for g in registry.GROUPS}),
+        help="only this group (repeatable)",
+    )
+    plugins.add_argument(
+        "--no-load", action="store_true", help="do not import plugins (status 'not loaded')"
+    )
+    plugins.set_defaults(handler=_plugins)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        print(_version_text())
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return 0
+    result: int = args.handler(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""The connector: turns ``Fabric(...)``'s arguments into a connected Strategy.
+
+Every name is looked up in the plugin registry; nothing here knows which plugins exist.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+from fab.core import registry
+from fab.core.accelerators.accelerator import Accelerator
+from fab.core.environments.environment import ClusterEnvironment
+from fab.core.io.checkpoint_io import CheckpointIO
+from fab.core.precision.precision import Precision
+from fab.core.strategies.strategy import Strategy, StrategyContext
+
+#: Aliases Lightning Fabric accepts for ``precision``, mapped to the canonical names.
+PRECISION_ALIASES: dict[str | int, str] = {
+    64: "64-true",
+    "64": "64-true",
+    32: "32-true",
+    "32": "32-true",
+    16: "16-mixed",
+    "16": "16-mixed",
+    "bf16": "bf16-mixed",
+}
+#: Every precision name Fabric accepts, whether or not the package providing it is installed.
+CANONICAL_PRECISION = (
+    "64-true",
+    "32-true",
+    "16-mixed",
+    "bf16-mixed",
+    "16-true",
+    "bf16-true",
+    "transformer-engine",
+    "transformer-engine-float16",
+)
+
+AcceleratorArg = str | Accelerator
+StrategyArg = str | Strategy
+PrecisionArg = str | int | Precision | None
+PluginArg = Precision | CheckpointIO | ClusterEnvironment | str
+
+
+def connect(
+    accelerator: AcceleratorArg = "auto",
+    strategy: StrategyArg = "auto",
+    devices: Any = "auto",
+    num_nodes: int = 1,
+    precision: PrecisionArg = None,
+    plugins: PluginArg | Iterable[PluginArg] | None = None,
+) -> Strategy:
+    """Resolve every argument and return the strategy, connected to its accelerator, precision,
+    devices and checkpoint I/O."""
+    precision_plugin, checkpoint_io, environment = _split_plugins(plugins)
+    precision_plugin = _resolve_precision(precision, precision_plugin)
+    accel = _resolve_accelerator(accelerator)
+    if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 1:
+        raise ValueError(f"num_nodes={num_nodes!r}; expected a positive int")
+    devices = accel.auto_device_count() if devices == "auto" else devices
+    parallel_devices = tuple(accel.get_parallel_devices(accel.parse_devices(devices)))
+    if not parallel_devices:
+        raise ValueError(f"devices={devices!r} selects no device")
+    strat = _resolve_strategy(strategy, len(parallel_devices), num_nodes)
+    strat.connect(
+        StrategyContext(
+            accelerator=accel,
+            precision=precision_plugin,
+            parallel_devices=parallel_devices,
+            num_nodes=num_nodes,
+            checkpoint_io=checkpoint_io,
+            cluster_environment=environment,
+        )
+    )
+    strat.configure_launcher()
+    return strat
+
+
+def normalize_precision(precision: str | int | None) -> str:
+    """The canonical name of a precision value (``16`` is ``"16-mixed"``, None ``"32-true"``)."""
+    if precision is None:
+        return "32-true"
+    if isinstance(precision, bool):
+        raise TypeError(f"precision={precision!r} is a bool")
+    if isinstance(precision, str | int) and precision in PRECISION_ALIASES:
+        return PRECISION_ALIASES[precision]
+    if isinstance(precision, str):
+        return precision
+    raise TypeError(f"precision={precision!r}: expected a string like 'bf16-mixed' or a Precision")
+
+
+def _split_plugins(
+    plugins: PluginArg | Iterable[PluginArg] | None,
+) -> tuple[Precision | None, CheckpointIO | None, ClusterEnvironment | None]:
+    if plugins is None:
+        return None, None, None
+    items = [plugins] if isinstance(plugins, PluginArg) else list(plugins)
+    found: dict[type, Any] = {}
+    for item in items:
+        if isinstance(item, str):
+            item = registry.PRECISION.create(normalize_precision(item))
+        for kind in (Precision, CheckpointIO, ClusterEnvironment):
+            if isinstance(item, kind):
+                if kind in found:
+                    raise ValueError(
+                        f"plugins holds two {kind.__name__}s ({found[kind]!r} and {item!r}); give one"
+                    )
+                found[kind] = item
+                break
+        else:
+            raise TypeError(
+                f"plugins got {item!r}; accepted: Precision, CheckpointIO and ClusterEnvironment "
+                "instances, or a precision name"
+            )
+    return found.get(Precision), found.get(CheckpointIO), found.get(ClusterEnvironment)
+
+
+def _resolve_precision(precision: PrecisionArg, from_plugins: Precision | None) -> Precision:
+    if isinstance(precision, Precision):
+        if from_plugins is not None:
+            raise ValueError("precision was given twice: as `precision=` and in `plugins=`; give one")
+        return precision
+    if from_plugins is not None:
+        if precision is not None:
+            raise ValueError(
+                f"precision={precision!r} conflicts with the precision plugin {from_plugins!r}; give one"
+            )
+        return from_plugins
+    name = normalize_precision(precision)
+    if name not in registry.PRECISION and name not in CANONICAL_PRECISION:
+        accepted = ", ".join(repr(p) for p in CANONICAL_PRECISION)
+        aliases = ", ".join(repr(a) for a in PRECISION_ALIASES)
+        extra = sorted(set(registry.PRECISION.names()) - set(CANONICAL_PRECISION))
+        raise ValueError(
+            f"precision={precision!r} is not supported; accepted: {accepted} (aliases {aliases})"
+            + (f"; installed plugins add {', '.join(map(repr, extra))}" if extra else "")
+        )
+    instance: Precision = registry.PRECISION.create(name)
+    return instance
+
+
+def _resolve_accelerator(accelerator: AcceleratorArg) -> Accelerator:
+    if isinstance(accelerator, Accelerator):
+        return accelerator
+    if not isinstance(accelerator, str):
+        raise TypeError(
+            f"accelerator={accelerator!r}: expected a name ({', '.join(registry.ACCELERATORS.names())}, "
+            "or 'auto') or an Accelerator instance"
+        )
+    if accelerator == "auto":
+        return _auto_accelerator()
+    instance: Accelerator = registry.ACCELERATORS.create(accelerator)
+    if not instance.is_available():
+        raise RuntimeError(f"accelerator '{accelerator}' is installed but not available on this machine")
+    return instance
+
+
+def _auto_accelerator() -> Accelerator:
+    """The available accelerator with the highest ``auto_priority``.
+
+    A plugin that fails to load is skipped with a warning, so a broken third-party accelerator
+    never stops a run that does not ask for it.
+    """
+    candidates: list[tuple[int, str, type[Accelerator]]] = []
+    for name in registry.ACCELERATORS.names():
+        try:
+            cls = registry.ACCELERATORS.load_class(name)
+        except registry.PluginError as err:
+            warnings.warn(f"skipped while choosing accelerator='auto': {err}", registry.PluginWarning, stacklevel=4)
+            continue
+        if cls is not None:
+            candidates.append((cls.auto_priority, name, cls))
+    seen: set[type[Accelerator]] = set()
+    for _, name, cls in sorted(candidates, key=lambda c: (-c[0], c[1])):
+        if cls in seen:  # an alias (gpu/cuda) of one already asked
+            continue
+        seen.add(cls)
+        if cls.is_available():
+            return registry.ACCELERATORS.create(name)  # type: ignore[no-any-return]
+    raise RuntimeError(
+        "accelerator='auto' found no available accelerator; installed: "
+        f"{', '.join(registry.ACCELERATORS.names()) or 'none'}"
+    )
+
+
+def _resolve_strategy(strategy: StrategyArg, num_devices: int, num_nodes: int) -> Strategy:
+    if isinstance(strategy, Strategy):
+        return strategy
+    if not isinstance(strategy, str):
+        raise TypeError(
+            f"strategy={strategy!r}: expected a name ({', '.join(registry.STRATEGIES.names())}, "
+            "or 'auto') or a Strategy instance"
+        )
+    if strategy == "auto":
+        strategy = "single_device" if num_devices == 1 and num_nodes == 1 else "ddp"
+        if strategy not in registry.STRATEGIES:
+            raise ValueError(
+                f"{num_devices} device(s) on {num_nodes} node(s) need a multi-process strategy, and "
+                "the default one, 'ddp', is provided by fab-strategies, which is not installed: "
+                'pip install fab-strategies  (or pip install "fab-core[strategies]")'
+            )
+    instance: Strategy = registry.STRATEGIES.create(strategy)
+    return instance
+

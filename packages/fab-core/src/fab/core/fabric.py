@@ -1,0 +1,362 @@
+"""Fabric: the object a training script talks to."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Generator, Iterable, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.nn import Module
+from torch.optim import Optimizer
+from torch.utils.data import DataLoader
+
+from fab.core import registry
+from fab.core.accelerators.accelerator import Accelerator
+from fab.core.connector import AcceleratorArg, PluginArg, PrecisionArg, StrategyArg, connect
+from fab.core.loggers.logger import Logger
+from fab.core.strategies.strategy import ReduceOp, StateFilter, Strategy
+from fab.core.utilities.apply_func import apply_to_tensors
+from fab.core.utilities.rank_zero import rank_zero_only
+from fab.core.utilities.seed import seed_everything as _seed_everything
+from fab.wrappers import FabricDataLoader, FabricModule, FabricOptimizer, is_wrapped, unwrap
+
+
+class Fabric:
+    """Accelerates a PyTorch training loop that the user keeps writing themselves.
+
+    Args:
+        accelerator: ``"auto"``, a registered name (``"cpu"``, ``"cuda"``, a third party's) or an
+            ``Accelerator``.
+        strategy: ``"auto"``, a registered name (``"single_device"``, ``"ddp"``, ...) or a ``Strategy``.
+        devices: how many devices (or which): an int, a list of indices, ``"0,1"``, -1 or ``"auto"``.
+        num_nodes: how many machines.
+        precision: ``"32-true"`` (default), ``"bf16-mixed"``, ... or an alias (16, "bf16", ...).
+        plugins: Precision, CheckpointIO or ClusterEnvironment instances.
+        callbacks: objects whose methods ``call`` invokes; factories registered in the
+            ``fab.callbacks`` entry-point group are added to every Fabric.
+        loggers: Logger instances or registered logger names.
+    """
+
+    def __init__(
+        self,
+        accelerator: AcceleratorArg = "auto",
+        strategy: StrategyArg = "auto",
+        devices: Any = "auto",
+        num_nodes: int = 1,
+        precision: PrecisionArg = None,
+        plugins: PluginArg | Iterable[PluginArg] | None = None,
+        callbacks: Any | list[Any] | None = None,
+        loggers: Logger | str | Iterable[Logger | str] | None = None,
+    ) -> None:
+        self._strategy = connect(accelerator, strategy, devices, num_nodes, precision, plugins)
+        self._callbacks = _as_list(callbacks) + _entry_point_callbacks()
+        self._loggers = [_resolve_logger(lg) for lg in _as_list(loggers)]
+        self._launched = False
+        self._log_step: dict[int, int] = {}
+
+    # -- properties ----------------------------------------------------------------------------
+
+    @property
+    def accelerator(self) -> Accelerator:
+        accelerator = self._strategy.accelerator
+        assert accelerator is not None, "the connector always sets the accelerator"
+        return accelerator
+
+    @property
+    def strategy(self) -> Strategy:
+        return self._strategy
+
+    @property
+    def device(self) -> torch.device:
+        return self._strategy.root_device
+
+    @property
+    def global_rank(self) -> int:
+        return self._strategy.global_rank
+
+    @property
+    def local_rank(self) -> int:
+        return self._strategy.local_rank
+
+    @property
+    def node_rank(self) -> int:
+        return self._strategy.node_rank
+
+    @property
+    def world_size(self) -> int:
+        return self._strategy.world_size
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self._strategy.is_global_zero
+
+    @property
+    def loggers(self) -> list[Logger]:
+        return list(self._loggers)
+
+    @property
+    def logger(self) -> Logger:
+        if not self._loggers:
+            raise AttributeError("this Fabric has no logger; pass loggers=... to Fabric()")
+        return self._loggers[0]
+
+    # -- processes -----------------------------------------------------------------------------
+
+    def launch(self, function: Callable[..., Any] | None = None, *args: Any, **kwargs: Any) -> Any:
+        """Start the processes of the run (none on one device) and prepare each; with a
+        ``function``, call ``function(fabric, *args, **kwargs)`` in each and return rank 0's result."""
+        if function is not None and not callable(function):
+            raise TypeError(f"launch takes a function, got {function!r}")
+        launcher = self._strategy.launcher
+
+        def run_in_process() -> Any:
+            self._strategy.setup_environment()
+            self._launched = True
+            rank_zero_only.rank = self.global_rank  # type: ignore[attr-defined]
+            return function(self, *args, **kwargs) if function is not None else None
+
+        if launcher is None:
+            return run_in_process()
+        return launcher.launch(run_in_process)
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        """Override in a subclass; ``launch()`` without a function then calls it."""
+        raise NotImplementedError("subclass Fabric and override run(), or pass a function to launch()")
+
+    # -- setup ---------------------------------------------------------------------------------
+
+    def setup(self, module: Module, *optimizers: Optimizer, move_to_device: bool = True) -> Any:
+        """Set up a model and its optimizers; returns the wrapped model, or (model, *optimizers)."""
+        self._check_setup_module(module)
+        for optimizer in optimizers:
+            self._check_setup_optimizer(optimizer)
+        original = module
+        forward_module, opts = self._strategy.setup_module_and_optimizers(module, list(optimizers))
+        wrapped = FabricModule(forward_module, self._strategy, original_module=original)
+        fabric_optimizers = [FabricOptimizer(o, self._strategy) for o in opts]
+        if not fabric_optimizers:
+            return wrapped
+        return (wrapped, *fabric_optimizers)
+
+    def setup_module(self, module: Module, move_to_device: bool = True) -> FabricModule:
+        self._check_setup_module(module)
+        forward_module = self._strategy.setup_module(module)
+        return FabricModule(forward_module, self._strategy, original_module=module)
+
+    def setup_optimizers(self, *optimizers: Optimizer) -> Any:
+        if not optimizers:
+            raise ValueError("setup_optimizers needs at least one optimizer")
+        for optimizer in optimizers:
+            self._check_setup_optimizer(optimizer)
+        wrapped = [FabricOptimizer(self._strategy.setup_optimizer(o), self._strategy) for o in optimizers]
+        return wrapped[0] if len(wrapped) == 1 else tuple(wrapped)
+
+    def setup_dataloaders(
+        self, *dataloaders: DataLoader[Any], use_distributed_sampler: bool = True, move_to_device: bool = True
+    ) -> Any:
+        if not dataloaders:
+            raise ValueError("setup_dataloaders needs at least one DataLoader")
+        wrapped = []
+        for loader in dataloaders:
+            if is_wrapped(loader):
+                raise ValueError("this DataLoader is already set up by Fabric")
+            if not isinstance(loader, DataLoader):
+                raise TypeError(f"setup_dataloaders takes DataLoaders, got {type(loader).__name__}")
+            processed = self._strategy.process_dataloader(loader)
+            device = self.device if move_to_device else None
+            wrapped.append(FabricDataLoader(processed, self._strategy, device))
+        return wrapped[0] if len(wrapped) == 1 else tuple(wrapped)
+
+    def _check_setup_module(self, module: Module) -> None:
+        if is_wrapped(module):
+            raise ValueError("this model is already set up by Fabric; set up the original model once")
+        if not isinstance(module, Module):
+            raise TypeError(f"setup takes a torch.nn.Module, got {type(module).__name__}")
+
+    def _check_setup_optimizer(self, optimizer: Optimizer) -> None:
+        if is_wrapped(optimizer):
+            raise ValueError("this optimizer is already set up by Fabric")
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
+
+    # -- steps ---------------------------------------------------------------------------------
+
+    def backward(self, tensor: Tensor, *args: Any, model: FabricModule | None = None, **kwargs: Any) -> None:
+        """``tensor.backward()`` the way the precision and strategy need it (loss scaling, ...)."""
+        module = model.module if model is not None else None
+        self._strategy.backward(tensor, module, *args, **kwargs)
+
+    def clip_gradients(
+        self,
+        module: Module,
+        optimizer: Optimizer,
+        clip_val: float | None = None,
+        max_norm: float | None = None,
+        norm_type: float = 2.0,
+        error_if_nonfinite: bool = True,
+    ) -> Tensor | None:
+        if (clip_val is None) == (max_norm is None):
+            raise ValueError("give exactly one of clip_val (clip by value) and max_norm (clip by norm)")
+        module, optimizer = unwrap(module), unwrap(optimizer)
+        if max_norm is not None:
+            return self._strategy.clip_gradients_norm(
+                module, optimizer, max_norm, norm_type=norm_type, error_if_nonfinite=error_if_nonfinite
+            )
+        assert clip_val is not None
+        self._strategy.clip_gradients_value(module, optimizer, clip_val)
+        return None
+
+    def autocast(self) -> AbstractContextManager[object]:
+        """The precision's forward context, for computations outside a wrapped forward."""
+        return self._strategy.precision.forward_context()
+
+    def init_tensor(self) -> AbstractContextManager[object]:
+        return self._strategy.tensor_init_context()
+
+    def init_module(self, empty_init: bool | None = None) -> AbstractContextManager[object]:
+        return self._strategy.module_init_context(empty_init=empty_init)
+
+    def to_device(self, obj: Any) -> Any:
+        """Move a module, a tensor or a collection of tensors to this process's device."""
+        if isinstance(obj, Module):
+            self._strategy.module_to_device(obj)
+            return obj
+        return self._strategy.batch_to_device(obj)
+
+    # -- communication ---------------------------------------------------------------------------
+
+    def barrier(self, name: str | None = None) -> None:
+        self._strategy.barrier(name=name)
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        return self._strategy.broadcast(obj, src=src)
+
+    def all_gather(self, data: Any, group: Any | None = None, sync_grads: bool = False) -> Any:
+        return apply_to_tensors(data, lambda t: self._strategy.all_gather(t, group=group, sync_grads=sync_grads))
+
+    def all_reduce(self, data: Any, group: Any | None = None, reduce_op: ReduceOp = "mean") -> Any:
+        return apply_to_tensors(data, lambda t: self._strategy.all_reduce(t, group=group, reduce_op=reduce_op))
+
+    @contextmanager
+    def rank_zero_first(self, local: bool = False) -> Generator[None, None, None]:
+        """Rank 0 (of the node with ``local=True``) runs the block first, the others after it."""
+        rank = self.local_rank if local else self.global_rank
+        if rank > 0:
+            self.barrier("rank_zero_first")
+        yield
+        if rank == 0:
+            self.barrier("rank_zero_first")
+
+    def no_backward_sync(self, module: Module, enabled: bool = True) -> AbstractContextManager[object]:
+        """Skip gradient synchronization inside the block (gradient accumulation). On one process
+        there is nothing to skip."""
+        if not isinstance(module, FabricModule):
+            raise TypeError("no_backward_sync takes the model returned by fabric.setup")
+        return nullcontext()
+
+    # -- checkpoints ----------------------------------------------------------------------------
+
+    def save(self, path: str | Path, state: dict[str, Any], filter: StateFilter | None = None) -> None:
+        """Save ``state`` (models, optimizers and anything with ``state_dict``, plus plain data)."""
+        self._strategy.save_checkpoint(path, {k: unwrap(v) for k, v in state.items()}, filter=filter)
+        self.barrier("save")
+
+    def load(self, path: str | Path, state: dict[str, Any] | None = None, strict: bool = True) -> dict[str, Any]:
+        """Restore ``state``'s objects in place from ``path``; return what the checkpoint has beyond
+        them (everything, without ``state``)."""
+        unwrapped = {k: unwrap(v) for k, v in (state or {}).items()}
+        remainder = self._strategy.load_checkpoint(path, unwrapped, strict=strict)
+        if state is not None:
+            for key, value in unwrapped.items():  # plain values are replaced, not restored in place
+                if not isinstance(value, Module | Optimizer) and not hasattr(value, "load_state_dict"):
+                    state[key] = value
+        self.barrier("load")
+        return remainder
+
+    def load_raw(self, path: str | Path, obj: Module | Optimizer, strict: bool = True) -> None:
+        """Load a plain state dict (not a Fabric checkpoint) into a model or optimizer."""
+        target = unwrap(obj)
+        state = self._strategy.checkpoint_io.load_checkpoint(path, map_location="cpu")
+        if isinstance(target, Module):
+            self._strategy.load_module_state_dict(target, state, strict=strict)
+        else:
+            target.load_state_dict(state)
+
+    # -- logging and callbacks --------------------------------------------------------------------
+
+    def log(self, name: str, value: Any, step: int | None = None) -> None:
+        self.log_dict({name: value}, step=step)
+
+    def log_dict(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        if not self.is_global_zero or not self._loggers:
+            return
+        values = {k: _to_number(v) for k, v in metrics.items()}
+        for index, logger in enumerate(self._loggers):
+            current = self._log_step.get(index, 0) if step is None else step
+            logger.log_metrics(values, step=current)
+            self._log_step[index] = current + 1
+
+    def call(self, hook_name: str, *args: Any, **kwargs: Any) -> None:
+        """Call ``hook_name`` on every callback that has it, passing only the keyword arguments its
+        signature accepts."""
+        for callback in self._callbacks:
+            method = getattr(callback, hook_name, None)
+            if method is None:
+                continue
+            if not callable(method):
+                raise TypeError(f"{type(callback).__name__}.{hook_name} is not callable")
+            method(*args, **_accepted_kwargs(method, kwargs))
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        """``print`` on the global-zero process only."""
+        if self.is_global_zero:
+            print(*args, **kwargs)
+
+    @staticmethod
+    def seed_everything(seed: int | None = None, workers: bool | None = None) -> int:
+        return _seed_everything(seed, workers=bool(workers))
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, list | tuple):
+        return list(value)
+    return [value]
+
+
+def _entry_point_callbacks() -> list[Any]:
+    callbacks = []
+    for name in registry.CALLBACKS.names():
+        callbacks.append(registry.CALLBACKS.create(name))
+    return callbacks
+
+
+def _resolve_logger(logger: Logger | str) -> Logger:
+    if isinstance(logger, Logger):
+        return logger
+    if isinstance(logger, str):
+        instance: Logger = registry.LOGGERS.create(logger)
+        return instance
+    raise TypeError(f"loggers takes Logger instances or logger names, got {logger!r}")
+
+
+def _to_number(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"can only log a tensor with one element, got shape {tuple(value.shape)}")
+        return value.detach().cpu().item()
+    return value
+
+
+def _accepted_kwargs(method: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    params = inspect.signature(method).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return kwargs
+    names = {p.name for p in params}
+    return {k: v for k, v in kwargs.items() if k in names}
+

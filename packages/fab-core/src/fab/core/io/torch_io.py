@@ -1,0 +1,105 @@
+"""Checkpoints as single files written with ``torch.save``, atomically."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fab.core.io.checkpoint_io import CheckpointIO, PathLike
+
+
+class UnsafeCheckpointError(pickle.UnpicklingError):
+    """A checkpoint holds objects that only a full (code-running) unpickle could restore."""
+
+
+class TorchCheckpointIO(CheckpointIO):
+    """``torch.save``/``torch.load`` on one file.
+
+    Saving writes a temporary file beside the target, flushes it to disk and renames it over the
+    target, so a crash or an error while saving leaves the previous checkpoint intact. Loading is
+    weights-only unless asked otherwise.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: PathLike, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None:
+            raise TypeError(
+                f"{type(self).__name__} takes no storage_options (got {storage_options!r}); "
+                "pass a CheckpointIO plugin that understands them"
+            )
+        atomic_torch_save(checkpoint, Path(path))
+
+    def load_checkpoint(
+        self,
+        path: PathLike,
+        map_location: str | torch.device | None = None,
+        weights_only: bool = True,
+    ) -> dict[str, Any]:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        if path.is_dir():
+            raise IsADirectoryError(
+                f"{path} is a directory (a sharded checkpoint?); this CheckpointIO reads single files"
+            )
+        try:
+            loaded = torch.load(path, map_location=map_location, weights_only=weights_only)
+        except pickle.UnpicklingError as err:
+            if not weights_only:
+                raise
+            raise UnsafeCheckpointError(
+                f"refusing to load {path}: it holds objects that a weights-only load cannot "
+                f"restore, and unpickling them could run code ({err}). If you trust the file, load "
+                "it with weights_only=False, or allow the types with "
+                "torch.serialization.add_safe_globals."
+            ) from err
+        if not isinstance(loaded, dict):
+            raise TypeError(f"{path} holds a {type(loaded).__name__}; expected a checkpoint dict")
+        return loaded
+
+    def remove_checkpoint(self, path: PathLike) -> None:
+        path = Path(path)
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def atomic_torch_save(obj: object, path: Path) -> None:
+    """``torch.save`` to a temporary file in ``path``'s directory, fsync, then rename over
+    ``path``. On any error the temporary file is removed and ``path`` is untouched."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot save a checkpoint to {path}: it is a directory")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # not supported on every platform
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

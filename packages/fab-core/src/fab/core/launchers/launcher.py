@@ -1,0 +1,24 @@
+"""The Launcher base class: how the processes of a run are started."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any
+
+
+class Launcher(ABC):
+    """Starts the processes of a run and calls ``function`` in each.
+
+    Multi-process strategies (in fab-strategies) pick a launcher: re-running the script, spawning,
+    forking. A single process needs none.
+    """
+
+    @property
+    @abstractmethod
+    def is_interactive_compatible(self) -> bool:
+        """Whether it works in a notebook or a REPL (forking does; re-running a script does not)."""
+
+    @abstractmethod
+    def launch(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``function(*args, **kwargs)`` in every process; return rank 0's result."""

@@ -1,0 +1,47 @@
+"""Apply a function to every tensor in a nested collection, keeping the collection's type."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+def apply_to_tensors(data: Any, function: Callable[[Tensor], Any]) -> Any:
+    """Return ``data`` with ``function`` applied to every tensor in it.
+
+    Walks dicts (and other mappings), lists, tuples, namedtuples, sets and dataclass instances;
+    everything else is returned as is.
+    """
+    if isinstance(data, Tensor):
+        return function(data)
+    if isinstance(data, Mapping):
+        items = {k: apply_to_tensors(v, function) for k, v in data.items()}
+        try:
+            return type(data)(items)
+        except TypeError:  # a mapping type that cannot be built from a dict (defaultdict and co.)
+            return items
+    if isinstance(data, tuple) and hasattr(data, "_fields"):  # namedtuple
+        return type(data)(*(apply_to_tensors(v, function) for v in data))
+    if isinstance(data, (list, tuple, set, frozenset)):
+        return type(data)(apply_to_tensors(v, function) for v in data)
+    if dataclasses.is_dataclass(data) and not isinstance(data, type):
+        changes = {
+            f.name: apply_to_tensors(getattr(data, f.name), function)
+            for f in dataclasses.fields(data)
+            if f.init
+        }
+        return dataclasses.replace(data, **changes)
+    if isinstance(data, Sequence) and not isinstance(data, (str, bytes)):
+        return data
+    return data
+
+
+def move_data_to_device(batch: Any, device: torch.device | str | int) -> Any:
+    """Move every tensor in ``batch`` to ``device`` (non-blocking where the copy allows it)."""
+    device = torch.device(device)
+    non_blocking = device.type in ("cuda", "xpu")
+    return apply_to_tensors(batch, lambda t: t.to(device, non_blocking=non_blocking))

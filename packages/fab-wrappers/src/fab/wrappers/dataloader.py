@@ -1,0 +1,56 @@
+"""FabricDataLoader: a data loader that moves its batches to the device."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from fab.wrappers.protocols import StrategyLike
+
+
+class FabricDataLoader:
+    """Iterates the wrapped loader, moving every batch to ``device`` through the strategy, and
+    calls ``set_epoch`` on samplers that have it, once per pass."""
+
+    def __init__(
+        self, dataloader: DataLoader[Any], strategy: StrategyLike, device: torch.device | None = None
+    ) -> None:
+        if isinstance(dataloader, FabricDataLoader):
+            raise TypeError("this data loader is already set up by Fabric")
+        self._dataloader = dataloader
+        self._strategy = strategy
+        self._device = device
+        self._epoch = 0
+
+    @property
+    def device(self) -> torch.device | None:
+        """Where batches are moved to; None leaves them where the loader puts them."""
+        return self._device
+
+    @property
+    def dataloader(self) -> DataLoader[Any]:
+        return self._dataloader
+
+    def __len__(self) -> int:
+        return len(self._dataloader)
+
+    def __iter__(self) -> Iterator[Any]:
+        for sampler in (
+            getattr(self._dataloader, "sampler", None),
+            getattr(self._dataloader, "batch_sampler", None),
+        ):
+            set_epoch = getattr(sampler, "set_epoch", None)
+            if callable(set_epoch):
+                set_epoch(self._epoch)
+        self._epoch += 1
+        if self._device is None:
+            yield from self._dataloader
+            return
+        for batch in self._dataloader:
+            yield self._strategy.batch_to_device(batch, self._device)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["_dataloader"], name)
