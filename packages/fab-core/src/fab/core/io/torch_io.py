@@ -56,7 +56,7 @@ class TorchCheckpointIO(CheckpointIO):
                 raise
             raise UnsafeCheckpointError(
                 f"refusing to load {path}: it holds objects that a weights-only load cannot "
-                f"restore, and unpickling them could run code ({err}). If you trust the file, load "
+                f"restore, and unpickling them could run code ({_reason(err)}). If you trust the file, load "
                 "it with weights_only=False, or allow the types with "
                 "torch.serialization.add_safe_globals."
             ) from err
@@ -70,6 +70,12 @@ class TorchCheckpointIO(CheckpointIO):
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
+
+
+def _reason(err: Exception) -> str:
+    """The line of torch's weights-only error that names the offending object."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return next((line for line in lines if "GLOBAL" in line), lines[0] if lines else repr(err))
 
 
 def atomic_torch_save(obj: object, path: Path) -> None:

@@ -1,0 +1,105 @@
+"""Fabric(...)'s arguments become a connected strategy, by registry name or instance."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fab.core import registry
+from fab.core.accelerators import CPUAccelerator
+from fab.core.connector import connect, normalize_precision
+from fab.core.io import TorchCheckpointIO
+from fab.core.precision import Precision
+from fab.core.strategies import SingleDeviceStrategy
+
+
+def test_defaults_give_single_device_on_cpu_in_32_true() -> None:
+    strategy = connect()
+    assert isinstance(strategy, SingleDeviceStrategy)
+    assert isinstance(strategy.accelerator, CPUAccelerator)
+    assert type(strategy.precision) is Precision
+    assert strategy.root_device == torch.device("cpu")
+
+
+@pytest.mark.parametrize(("given", "canonical"), [(None, "32-true"), (32, "32-true"), ("32", "32-true"), (16, "16-mixed"), ("16", "16-mixed"), (64, "64-true"), ("64", "64-true"), ("bf16", "bf16-mixed"), ("bf16-true", "bf16-true")])
+def test_precision_aliases_are_lightnings(given: str | int | None, canonical: str) -> None:
+    assert normalize_precision(given) == canonical
+
+
+def test_precision_that_no_package_provides_lists_accepted_values() -> None:
+    with pytest.raises(ValueError, match=r"precision='8-bit' is not supported; accepted: '64-true', '32-true'"):
+        connect(precision="8-bit")
+
+
+def test_precision_from_a_missing_package_names_the_package() -> None:
+    with pytest.raises(registry.PluginNotFoundError, match="pip install fab-precision"):
+        connect(precision="bf16-mixed")
+
+
+def test_instances_are_used_as_given() -> None:
+    precision = Precision()
+    io = TorchCheckpointIO()
+    strategy = SingleDeviceStrategy(device="cpu")
+    result = connect(accelerator=CPUAccelerator(), strategy=strategy, plugins=[precision, io])
+    assert result is strategy
+    assert result.precision is precision
+    assert result.checkpoint_io is io
+
+
+def test_precision_given_twice_is_refused() -> None:
+    with pytest.raises(ValueError, match="precision was given twice"):
+        connect(precision=Precision(), plugins=[Precision()])
+
+
+def test_unknown_plugin_type_is_refused() -> None:
+    with pytest.raises(TypeError, match="accepted: Precision, CheckpointIO and ClusterEnvironment"):
+        connect(plugins=[object()])  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize("devices", [1, "1", "auto", -1])
+def test_cpu_device_counts(devices: object) -> None:
+    assert connect(devices=devices).root_device == torch.device("cpu")
+
+
+@pytest.mark.parametrize("devices", [0, [0, 1], "0,1", 1.5, True])
+def test_bad_cpu_devices_explain_what_is_accepted(devices: object) -> None:
+    with pytest.raises((ValueError, TypeError), match="devices="):
+        connect(devices=devices)
+
+
+def test_several_devices_without_fab_strategies_say_what_to_install() -> None:
+    with pytest.raises(ValueError, match="'ddp', is provided by fab-strategies"):
+        connect(devices=2)
+
+
+def test_single_device_strategy_refuses_several_devices() -> None:
+    with pytest.raises(ValueError, match="runs one process on one device, but 2 device"):
+        connect(strategy="single_device", devices=2)
+
+
+def test_auto_accelerator_takes_the_available_one_with_highest_priority() -> None:
+    class Unavailable(CPUAccelerator):
+        auto_priority = 100
+
+        @staticmethod
+        def is_available() -> bool:
+            return False
+
+    class Preferred(CPUAccelerator):
+        auto_priority = 10
+
+    registry.ACCELERATORS.register("unavailable", Unavailable)
+    registry.ACCELERATORS.register("preferred", Preferred)
+    assert type(connect().accelerator) is Preferred
+    assert type(connect(accelerator="cpu").accelerator) is CPUAccelerator
+
+
+def test_unavailable_named_accelerator_is_an_error() -> None:
+    class Absent(CPUAccelerator):
+        @staticmethod
+        def is_available() -> bool:
+            return False
+
+    registry.ACCELERATORS.register("absent", Absent)
+    with pytest.raises(RuntimeError, match="accelerator 'absent' is installed but not available"):
+        connect(accelerator="absent")
