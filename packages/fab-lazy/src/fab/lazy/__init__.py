@@ -1,0 +1,5 @@
+"""Everything deferred: lazy shapes, deferred allocation, deferred loading. Depends on torch only."""
+
+from fab.lazy.shapes import has_uninitialized, uninitialized_modules
+
+__all__ = ["has_uninitialized", "uninitialized_modules"]
