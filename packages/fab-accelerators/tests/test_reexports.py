@@ -10,14 +10,23 @@ import fab.accelerators
 
 
 def test_public_names_are_fab_cores_objects() -> None:
-    for name, core_module in {"Accelerator": "fab.core.accelerators", "CPUAccelerator": "fab.core.accelerators"}.items():
-        assert getattr(fab.accelerators, name) is getattr(importlib.import_module(core_module), name)
-    assert sorted(fab.accelerators.__all__) == sorted({"Accelerator": "fab.core.accelerators", "CPUAccelerator": "fab.core.accelerators"})
+    for name, core_module in {
+        "Accelerator": "fab.core.accelerators",
+        "CPUAccelerator": "fab.core.accelerators",
+    }.items():
+        assert getattr(fab.accelerators, name) is getattr(
+            importlib.import_module(core_module), name
+        )
+    assert sorted(fab.accelerators.__all__) == sorted(
+        {"Accelerator": "fab.core.accelerators", "CPUAccelerator": "fab.core.accelerators"}
+    )
 
 
 def test_fab_core_does_not_import_this_package() -> None:
     code = "import fab.core, sys; print(any(m.startswith('fab.accelerators') for m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
     assert out.stdout.strip() == "False"
 
 

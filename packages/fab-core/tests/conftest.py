@@ -1,4 +1,4 @@
-"""Fixtures for fab-core's tests: throwaway plugin distributions, found through real entry points."""
+"""Fixtures for fab-core's tests: throwaway plugin distributions, found through entry points."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ MakeDistribution = Callable[..., Path]
 
 
 @pytest.fixture
-def make_distribution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MakeDistribution]:
+def make_distribution(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[MakeDistribution]:
     """Write a distribution (``NAME-VERSION.dist-info`` with entry_points.txt, and its modules)
     into a directory on sys.path, and rescan the registry. importlib.metadata finds it exactly like
     an installed one."""

@@ -29,7 +29,9 @@ def test_save_then_load_round_trips(tmp_path: Path) -> None:
     assert torch.equal(loaded["w"], torch.arange(3))
 
 
-def test_failed_save_keeps_the_previous_checkpoint_and_leaves_no_temporary_file(tmp_path: Path) -> None:
+def test_failed_save_keeps_the_previous_checkpoint_and_leaves_no_temporary_file(
+    tmp_path: Path,
+) -> None:
     io = TorchCheckpointIO()
     path = tmp_path / "ckpt.pt"
     io.save_checkpoint({"step": 1}, path)
@@ -42,12 +44,14 @@ def test_failed_save_keeps_the_previous_checkpoint_and_leaves_no_temporary_file(
 def test_checkpoint_that_would_run_code_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "evil.pt"
     torch.save({"payload": RunsCode()}, path)
-    with pytest.raises(UnsafeCheckpointError, match="refusing to load .*evil.pt.*weights_only=False"):
+    with pytest.raises(
+        UnsafeCheckpointError, match=r"refusing to load .*evil\.pt.*weights_only=False"
+    ):
         TorchCheckpointIO().load_checkpoint(path)
 
 
 def test_missing_checkpoint_says_where_it_looked(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="checkpoint not found: .*nope.pt"):
+    with pytest.raises(FileNotFoundError, match=r"checkpoint not found: .*nope\.pt"):
         TorchCheckpointIO().load_checkpoint(tmp_path / "nope.pt")
 
 

@@ -15,8 +15,15 @@ def test_plugins_lists_the_fallbacks(capsys: pytest.CaptureFixture[str]) -> None
     assert main(["plugins"]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0].split() == ["group", "name", "distribution", "target", "status"]
-    for group, name in (("accelerators", "cpu"), ("strategies", "single_device"), ("precision", "32-true")):
-        assert any(line.split()[:2] == [group, name] and line.split()[-1] == "ok" for line in out.splitlines())
+    for group, name in (
+        ("accelerators", "cpu"),
+        ("strategies", "single_device"),
+        ("precision", "32-true"),
+    ):
+        assert any(
+            line.split()[:2] == [group, name] and line.split()[-1] == "ok"
+            for line in out.splitlines()
+        )
 
 
 def test_plugins_json_is_machine_readable(capsys: pytest.CaptureFixture[str]) -> None:
@@ -43,7 +50,11 @@ def test_plugins_no_load_imports_nothing(capsys: pytest.CaptureFixture[str]) -> 
 
 def test_version_lists_every_fab_package() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "fab.core.cli", "--version"], capture_output=True, text=True, timeout=60, check=True
+        [sys.executable, "-m", "fab.core.cli", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     ).stdout
     names = [line.split()[0] for line in out.splitlines()]
     assert names == [

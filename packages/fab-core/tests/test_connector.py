@@ -21,13 +21,28 @@ def test_defaults_give_single_device_on_cpu_in_32_true() -> None:
     assert strategy.root_device == torch.device("cpu")
 
 
-@pytest.mark.parametrize(("given", "canonical"), [(None, "32-true"), (32, "32-true"), ("32", "32-true"), (16, "16-mixed"), ("16", "16-mixed"), (64, "64-true"), ("64", "64-true"), ("bf16", "bf16-mixed"), ("bf16-true", "bf16-true")])
+@pytest.mark.parametrize(
+    ("given", "canonical"),
+    [
+        (None, "32-true"),
+        (32, "32-true"),
+        ("32", "32-true"),
+        (16, "16-mixed"),
+        ("16", "16-mixed"),
+        (64, "64-true"),
+        ("64", "64-true"),
+        ("bf16", "bf16-mixed"),
+        ("bf16-true", "bf16-true"),
+    ],
+)
 def test_precision_aliases_are_lightnings(given: str | int | None, canonical: str) -> None:
     assert normalize_precision(given) == canonical
 
 
 def test_precision_that_no_package_provides_lists_accepted_values() -> None:
-    with pytest.raises(ValueError, match=r"precision='8-bit' is not supported; accepted: '64-true', '32-true'"):
+    with pytest.raises(
+        ValueError, match=r"precision='8-bit' is not supported; accepted: '64-true', '32-true'"
+    ):
         connect(precision="8-bit")
 
 

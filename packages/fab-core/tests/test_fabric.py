@@ -22,7 +22,8 @@ def test_setup_model_and_optimizer_then_train() -> None:
     model = torch.nn.Linear(4, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     fmodel, foptimizer = fabric.setup(model, optimizer)
-    assert is_wrapped(fmodel) and is_wrapped(foptimizer)
+    assert is_wrapped(fmodel)
+    assert is_wrapped(foptimizer)
     assert isinstance(foptimizer, torch.optim.SGD)
     x, y = torch.randn(16, 4), torch.randn(16, 1)
     losses = []
@@ -40,7 +41,12 @@ def test_setup_model_and_optimizer_then_train() -> None:
 def test_properties_on_one_device() -> None:
     fabric = Fabric()
     assert fabric.device == torch.device("cpu")
-    assert (fabric.global_rank, fabric.local_rank, fabric.node_rank, fabric.world_size) == (0, 0, 0, 1)
+    assert (fabric.global_rank, fabric.local_rank, fabric.node_rank, fabric.world_size) == (
+        0,
+        0,
+        0,
+        1,
+    )
     assert fabric.is_global_zero
     assert fabric.loggers == []
 
@@ -76,9 +82,12 @@ class Batch:
 
 def test_to_device_keeps_collection_types() -> None:
     fabric = Fabric()
-    moved = fabric.to_device({"p": Pair(torch.ones(1), [torch.zeros(1)]), "d": Batch(torch.ones(2), "k")})
+    moved = fabric.to_device(
+        {"p": Pair(torch.ones(1), [torch.zeros(1)]), "d": Batch(torch.ones(2), "k")}
+    )
     assert isinstance(moved["p"], Pair)
-    assert isinstance(moved["d"], Batch) and moved["d"].label == "k"
+    assert isinstance(moved["d"], Batch)
+    assert moved["d"].label == "k"
 
 
 def test_single_process_collectives_have_multi_process_shapes() -> None:
@@ -97,7 +106,9 @@ def test_save_and_load_restore_in_place_and_return_the_rest(tmp_path: Path) -> N
     fmodel, foptimizer = fabric.setup(model, optimizer)
     fabric.backward(fmodel(torch.randn(2, 3)).sum())
     foptimizer.step()
-    fabric.save(tmp_path / "c.pt", {"model": fmodel, "optimizer": foptimizer, "step": 5, "extra": "x"})
+    fabric.save(
+        tmp_path / "c.pt", {"model": fmodel, "optimizer": foptimizer, "step": 5, "extra": "x"}
+    )
     other = torch.nn.Linear(3, 3)
     other_opt = torch.optim.Adam(other.parameters())
     state: dict[str, Any] = {"model": other, "optimizer": other_opt, "step": 0}
@@ -107,7 +118,12 @@ def test_save_and_load_restore_in_place_and_return_the_rest(tmp_path: Path) -> N
     assert torch.equal(other.weight, model.weight)
     assert other_opt.state_dict()["state"][0]["step"] == 1
     # The checkpoint loads with plain torch.load(weights_only=True).
-    assert set(torch.load(tmp_path / "c.pt", weights_only=True)) == {"model", "optimizer", "step", "extra"}
+    assert set(torch.load(tmp_path / "c.pt", weights_only=True)) == {
+        "model",
+        "optimizer",
+        "step",
+        "extra",
+    }
 
 
 def test_load_strict_reports_missing_keys(tmp_path: Path) -> None:
@@ -115,7 +131,9 @@ def test_load_strict_reports_missing_keys(tmp_path: Path) -> None:
     fabric.save(tmp_path / "c.pt", {"step": 1})
     with pytest.raises(KeyError, match="has no entry for \\['model'\\]"):
         fabric.load(tmp_path / "c.pt", {"model": torch.nn.Linear(1, 1)})
-    assert fabric.load(tmp_path / "c.pt", {"model": torch.nn.Linear(1, 1)}, strict=False) == {"step": 1}
+    assert fabric.load(tmp_path / "c.pt", {"model": torch.nn.Linear(1, 1)}, strict=False) == {
+        "step": 1
+    }
 
 
 def test_save_filter_keeps_only_selected_entries(tmp_path: Path) -> None:

@@ -11,7 +11,9 @@ L2_PREFIXES = ("fab.accelerators", "fab.strategies", "fab.precision", "fab.logge
 
 def modules_after(code: str) -> list[str]:
     script = f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
     result: list[str] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
 

@@ -11,7 +11,7 @@ import torch
 from fab.core import registry
 from fab.core.accelerators import Accelerator, CPUAccelerator
 from fab.core.precision import Precision
-from fab.core.strategies import SingleDeviceStrategy, Strategy
+from fab.core.strategies import SingleDeviceStrategy
 
 GOOD_ACCELERATOR = """
 import torch
@@ -39,7 +39,9 @@ def test_group_is_accepted_by_full_or_short_name() -> None:
 
 def test_listing_names_does_not_import_the_plugin(make_distribution) -> None:  # type: ignore[no-untyped-def]
     make_distribution(
-        "toy-plugins", {"fab.accelerators": {"toy": "toy_accel:ToyAccelerator"}}, {"toy_accel": GOOD_ACCELERATOR}
+        "toy-plugins",
+        {"fab.accelerators": {"toy": "toy_accel:ToyAccelerator"}},
+        {"toy_accel": GOOD_ACCELERATOR},
     )
     assert "toy" in registry.ACCELERATORS.names()
     assert "toy_accel" not in sys.modules
@@ -58,7 +60,9 @@ def test_a_plugin_that_fails_to_import_names_its_distribution_and_breaks_nothing
         {"broken_strategy": "import a_package_that_is_not_installed\n"},
     )
     assert "broken" in registry.STRATEGIES.names()
-    with pytest.raises(registry.PluginLoadError, match="distribution 'broken-plugins' 1.0") as info:
+    with pytest.raises(
+        registry.PluginLoadError, match=r"distribution 'broken-plugins' 1\.0"
+    ) as info:
         registry.STRATEGIES.load("broken")
     assert "a_package_that_is_not_installed" in str(info.value)
     assert isinstance(info.value, ImportError)
@@ -74,7 +78,9 @@ def test_a_plugin_that_is_not_a_subclass_is_refused_when_requested(make_distribu
         {"fab.precision": {"wrong": "wrong_precision:NotAPrecision"}},
         {"wrong_precision": "class NotAPrecision:\n    pass\n"},
     )
-    with pytest.raises(registry.PluginTypeError, match=r"'wrong-plugins'.*not a subclass of .*Precision"):
+    with pytest.raises(
+        registry.PluginTypeError, match=r"'wrong-plugins'.*not a subclass of .*Precision"
+    ):
         registry.PRECISION.load("wrong")
     assert registry.PRECISION.create("32-true").precision == "32-true"
 
@@ -102,48 +108,70 @@ def test_a_factory_target_is_called_and_its_result_checked(make_distribution) ->
 
 
 def test_first_party_distribution_wins_a_collision_and_it_is_reported(make_distribution) -> None:  # type: ignore[no-untyped-def]
-    with pytest.warns(registry.PluginConflictWarning, match="'fab-core'.* is used; shadowed: 'aaa-plugins'"):
+    with pytest.warns(
+        registry.PluginConflictWarning, match="'fab-core'.* is used; shadowed: 'aaa-plugins'"
+    ):
         make_distribution(
-            "aaa-plugins", {"fab.accelerators": {"cpu": "toy_accel:ToyAccelerator"}}, {"toy_accel": GOOD_ACCELERATOR}
+            "aaa-plugins",
+            {"fab.accelerators": {"cpu": "toy_accel:ToyAccelerator"}},
+            {"toy_accel": GOOD_ACCELERATOR},
         )
         registry.ACCELERATORS.names()
     assert registry.ACCELERATORS.load("cpu") is CPUAccelerator
     (conflict,) = registry.ACCELERATORS.conflicts()
     assert conflict.winner.distribution == "fab-core"
     assert [e.distribution for e in conflict.shadowed] == ["aaa-plugins"]
-    statuses = {(r.name, r.distribution): r.status for r in registry.ACCELERATORS.records(load=False)}
+    statuses = {
+        (r.name, r.distribution): r.status for r in registry.ACCELERATORS.records(load=False)
+    }
     assert statuses[("cpu", "aaa-plugins")] == "shadowed"
 
 
-def test_third_party_collision_goes_to_the_alphabetically_first_distribution(make_distribution) -> None:  # type: ignore[no-untyped-def]
+def test_third_party_collision_goes_to_the_alphabetically_first_distribution(
+    make_distribution,
+) -> None:  # type: ignore[no-untyped-def]
     modules = {"toy_accel": GOOD_ACCELERATOR}
-    with pytest.warns(registry.PluginConflictWarning, match="'alpha-plugins'.* is used; shadowed: 'beta-plugins'"):
-        make_distribution("beta-plugins", {"fab.accelerators": {"toy": "toy_accel:ToyAccelerator"}}, modules)
-        make_distribution("alpha-plugins", {"fab.accelerators": {"toy": "toy_accel:ToyAccelerator"}})
+    with pytest.warns(
+        registry.PluginConflictWarning, match="'alpha-plugins'.* is used; shadowed: 'beta-plugins'"
+    ):
+        make_distribution(
+            "beta-plugins", {"fab.accelerators": {"toy": "toy_accel:ToyAccelerator"}}, modules
+        )
+        make_distribution(
+            "alpha-plugins", {"fab.accelerators": {"toy": "toy_accel:ToyAccelerator"}}
+        )
         registry.ACCELERATORS.names()
     assert registry.ACCELERATORS.entry("toy").distribution == "alpha-plugins"
 
 
 def test_disable_autoload_keeps_first_party_plugins_only(
-    make_distribution, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+    make_distribution,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
 ) -> None:
     monkeypatch.setenv("FAB_DISABLE_PLUGIN_AUTOLOAD", "1")
     make_distribution(
-        "toy-plugins", {"fab.accelerators": {"toy": "toy_accel:ToyAccelerator"}}, {"toy_accel": GOOD_ACCELERATOR}
+        "toy-plugins",
+        {"fab.accelerators": {"toy": "toy_accel:ToyAccelerator"}},
+        {"toy_accel": GOOD_ACCELERATOR},
     )
     assert registry.ACCELERATORS.names() == ["cpu"]
-    with pytest.raises(registry.PluginDisabledError, match="switched off by FAB_DISABLE_PLUGIN_AUTOLOAD"):
+    with pytest.raises(
+        registry.PluginDisabledError, match="switched off by FAB_DISABLE_PLUGIN_AUTOLOAD"
+    ):
         registry.ACCELERATORS.load("toy")
     (row,) = [r for r in registry.ACCELERATORS.records() if r.name == "toy"]
     assert row.status == "disabled"
 
 
 def test_disabled_plugins_variable_takes_short_and_full_group_names(
-    make_distribution, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+    make_distribution,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
 ) -> None:
     monkeypatch.setenv("FAB_DISABLED_PLUGINS", "accelerators:toy, fab.strategies:single_device")
     make_distribution(
-        "toy-plugins", {"fab.accelerators": {"toy": "toy_accel:ToyAccelerator"}}, {"toy_accel": GOOD_ACCELERATOR}
+        "toy-plugins",
+        {"fab.accelerators": {"toy": "toy_accel:ToyAccelerator"}},
+        {"toy_accel": GOOD_ACCELERATOR},
     )
     assert "toy" not in registry.ACCELERATORS.names()
     assert "single_device" not in registry.STRATEGIES.names()
@@ -152,7 +180,9 @@ def test_disabled_plugins_variable_takes_short_and_full_group_names(
     assert "cpu" in registry.ACCELERATORS.names()
 
 
-def test_malformed_disabled_plugins_entry_warns_and_is_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_malformed_disabled_plugins_entry_warns_and_is_ignored(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("FAB_DISABLED_PLUGINS", "nonsense")
     with pytest.warns(registry.PluginWarning, match="ignoring 'nonsense': expected 'group:name'"):
         registry.refresh()
@@ -164,7 +194,9 @@ def test_register_refuses_an_existing_name_without_override() -> None:
     class Faster(SingleDeviceStrategy):
         pass
 
-    with pytest.raises(ValueError, match=r"'single_device' is already registered \(distribution 'fab-core'"):
+    with pytest.raises(
+        ValueError, match=r"'single_device' is already registered \(distribution 'fab-core'"
+    ):
         registry.STRATEGIES.register("single_device", Faster)
     registry.STRATEGIES.register("single_device", Faster, override=True)
     assert isinstance(registry.STRATEGIES.create("single_device"), Faster)
@@ -177,20 +209,32 @@ def test_register_validates_the_base_class() -> None:
     class NotAStrategy:
         pass
 
-    with pytest.raises(registry.PluginTypeError, match="not a subclass of fab.core.strategies.strategy.Strategy"):
+    with pytest.raises(
+        registry.PluginTypeError,
+        match=r"not a subclass of fab\.core\.strategies\.strategy\.Strategy",
+    ):
         registry.STRATEGIES.register("odd", NotAStrategy)  # type: ignore[arg-type]
     assert "odd" not in registry.STRATEGIES.names()
 
 
 def test_unknown_name_lists_installed_and_suggests() -> None:
-    with pytest.raises(registry.PluginNotFoundError, match=r"unknown strategy 'singel_device'. Installed: 'single_device'.* Did you mean 'single_device'"):
+    with pytest.raises(
+        registry.PluginNotFoundError,
+        match=r"unknown strategy 'singel_device'\. Installed: .*'single_device'.* "
+        r"Did you mean 'single_device'",
+    ):
         registry.STRATEGIES.load("singel_device")
-    with pytest.raises(registry.PluginNotFoundError, match="Did you mean 'ddp' \\(from fab-strategies\\)"):
+    with pytest.raises(
+        registry.PluginNotFoundError, match="Did you mean 'ddp' \\(from fab-strategies\\)"
+    ):
         registry.STRATEGIES.load("ddpp")
 
 
 def test_known_name_of_a_missing_package_says_what_to_install() -> None:
-    with pytest.raises(registry.PluginNotFoundError, match="provided by fab-loggers, which is not installed: pip install fab-loggers"):
+    with pytest.raises(
+        registry.PluginNotFoundError,
+        match="provided by fab-loggers, which is not installed: pip install fab-loggers",
+    ):
         registry.LOGGERS.load("tensorboard")
 
 
@@ -210,9 +254,13 @@ for g in registry.GROUPS:
     reg = registry.get_registry(g)
     reg.names(); reg.names()
     for n in reg.names():
-        reg.load(n)
+        try:
+            reg.load(n)
+        except registry.PluginError:  # a broken plugin installed beside fab-core
+            pass
 print(calls)
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
     assert out.stdout.strip() == "1"
-

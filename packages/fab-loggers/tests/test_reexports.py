@@ -17,7 +17,9 @@ def test_public_names_are_fab_cores_objects() -> None:
 
 def test_fab_core_does_not_import_this_package() -> None:
     code = "import fab.core, sys; print(any(m.startswith('fab.loggers') for m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
     assert out.stdout.strip() == "False"
 
 

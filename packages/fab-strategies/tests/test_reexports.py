@@ -10,14 +10,28 @@ import fab.strategies
 
 
 def test_public_names_are_fab_cores_objects() -> None:
-    for name, core_module in {"ClusterEnvironment": "fab.core.environments", "Launcher": "fab.core.launchers", "SingleDeviceStrategy": "fab.core.strategies", "Strategy": "fab.core.strategies"}.items():
+    for name, core_module in {
+        "ClusterEnvironment": "fab.core.environments",
+        "Launcher": "fab.core.launchers",
+        "SingleDeviceStrategy": "fab.core.strategies",
+        "Strategy": "fab.core.strategies",
+    }.items():
         assert getattr(fab.strategies, name) is getattr(importlib.import_module(core_module), name)
-    assert sorted(fab.strategies.__all__) == sorted({"ClusterEnvironment": "fab.core.environments", "Launcher": "fab.core.launchers", "SingleDeviceStrategy": "fab.core.strategies", "Strategy": "fab.core.strategies"})
+    assert sorted(fab.strategies.__all__) == sorted(
+        {
+            "ClusterEnvironment": "fab.core.environments",
+            "Launcher": "fab.core.launchers",
+            "SingleDeviceStrategy": "fab.core.strategies",
+            "Strategy": "fab.core.strategies",
+        }
+    )
 
 
 def test_fab_core_does_not_import_this_package() -> None:
     code = "import fab.core, sys; print(any(m.startswith('fab.strategies') for m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
     assert out.stdout.strip() == "False"
 
 

@@ -32,7 +32,9 @@ def test_attribute_reads_and_writes_reach_the_original(strategy: RecordingStrate
     assert wrapped.module is model
 
 
-def test_state_dict_and_named_parameters_have_no_wrapper_prefix(strategy: RecordingStrategy) -> None:
+def test_state_dict_and_named_parameters_have_no_wrapper_prefix(
+    strategy: RecordingStrategy,
+) -> None:
     model = WithGenerate()
     wrapped = FabricModule(model, strategy)
     assert list(wrapped.state_dict()) == ["layer.weight", "layer.bias"]

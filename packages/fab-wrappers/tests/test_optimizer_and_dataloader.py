@@ -26,7 +26,8 @@ def test_optimizer_is_still_an_instance_of_its_class_and_steps_through_the_strat
     wrapped.step()
     assert strategy.steps == 1
     assert len(optimizer.state[param]) > 0
-    assert is_wrapped(wrapped) and unwrap(wrapped) is optimizer
+    assert is_wrapped(wrapped)
+    assert unwrap(wrapped) is optimizer
 
 
 def test_lr_scheduler_accepts_the_wrapped_optimizer(strategy: RecordingStrategy) -> None:
@@ -41,7 +42,9 @@ def test_lr_scheduler_accepts_the_wrapped_optimizer(strategy: RecordingStrategy)
 
 
 def test_wrapping_twice_is_refused(strategy: RecordingStrategy) -> None:
-    wrapped = FabricOptimizer(torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=1.0), strategy)
+    wrapped = FabricOptimizer(
+        torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=1.0), strategy
+    )
     with pytest.raises(TypeError, match="already set up"):
         FabricOptimizer(wrapped, strategy)
 

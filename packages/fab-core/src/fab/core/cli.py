@@ -48,14 +48,18 @@ def _version_text() -> str:
 
 
 def _plugins(args: argparse.Namespace) -> int:
-    groups = [registry.get_registry(g) for g in args.group] if args.group else [
-        registry.get_registry(g) for g in registry.GROUPS
-    ]
+    groups = (
+        [registry.get_registry(g) for g in args.group]
+        if args.group
+        else [registry.get_registry(g) for g in registry.GROUPS]
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         rows = [row for group in groups for row in group.records(load=not args.no_load)]
         conflicts = [str(c) for group in groups for c in group.conflicts()]
-    notes = [str(w.message) for w in caught if not issubclass(w.category, registry.PluginConflictWarning)]
+    notes = [
+        str(w.message) for w in caught if not issubclass(w.category, registry.PluginConflictWarning)
+    ]
     if args.json:
         payload = {
             "plugins": [asdict(row) for row in rows],

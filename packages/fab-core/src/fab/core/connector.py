@@ -105,7 +105,8 @@ def _split_plugins(
             if isinstance(item, kind):
                 if kind in found:
                     raise ValueError(
-                        f"plugins holds two {kind.__name__}s ({found[kind]!r} and {item!r}); give one"
+                        f"plugins holds two {kind.__name__}s ({found[kind]!r} and {item!r}); "
+                        "give one"
                     )
                 found[kind] = item
                 break
@@ -120,12 +121,15 @@ def _split_plugins(
 def _resolve_precision(precision: PrecisionArg, from_plugins: Precision | None) -> Precision:
     if isinstance(precision, Precision):
         if from_plugins is not None:
-            raise ValueError("precision was given twice: as `precision=` and in `plugins=`; give one")
+            raise ValueError(
+                "precision was given twice: as `precision=` and in `plugins=`; give one"
+            )
         return precision
     if from_plugins is not None:
         if precision is not None:
             raise ValueError(
-                f"precision={precision!r} conflicts with the precision plugin {from_plugins!r}; give one"
+                f"precision={precision!r} conflicts with the precision plugin {from_plugins!r}; "
+                "give one"
             )
         return from_plugins
     name = normalize_precision(precision)
@@ -146,14 +150,17 @@ def _resolve_accelerator(accelerator: AcceleratorArg) -> Accelerator:
         return accelerator
     if not isinstance(accelerator, str):
         raise TypeError(
-            f"accelerator={accelerator!r}: expected a name ({', '.join(registry.ACCELERATORS.names())}, "
+            f"accelerator={accelerator!r}: expected a name "
+            f"({', '.join(registry.ACCELERATORS.names())}, "
             "or 'auto') or an Accelerator instance"
         )
     if accelerator == "auto":
         return _auto_accelerator()
     instance: Accelerator = registry.ACCELERATORS.create(accelerator)
     if not instance.is_available():
-        raise RuntimeError(f"accelerator '{accelerator}' is installed but not available on this machine")
+        raise RuntimeError(
+            f"accelerator '{accelerator}' is installed but not available on this machine"
+        )
     return instance
 
 
@@ -168,7 +175,11 @@ def _auto_accelerator() -> Accelerator:
         try:
             cls = registry.ACCELERATORS.load_class(name)
         except registry.PluginError as err:
-            warnings.warn(f"skipped while choosing accelerator='auto': {err}", registry.PluginWarning, stacklevel=4)
+            warnings.warn(
+                f"skipped while choosing accelerator='auto': {err}",
+                registry.PluginWarning,
+                stacklevel=4,
+            )
             continue
         if cls is not None:
             candidates.append((cls.auto_priority, name, cls))
@@ -197,10 +208,10 @@ def _resolve_strategy(strategy: StrategyArg, num_devices: int, num_nodes: int) -
         strategy = "single_device" if num_devices == 1 and num_nodes == 1 else "ddp"
         if strategy not in registry.STRATEGIES:
             raise ValueError(
-                f"{num_devices} device(s) on {num_nodes} node(s) need a multi-process strategy, and "
+                f"{num_devices} device(s) on {num_nodes} node(s) need a multi-process strategy, "
+                "and "
                 "the default one, 'ddp', is provided by fab-strategies, which is not installed: "
                 'pip install fab-strategies  (or pip install "fab-core[strategies]")'
             )
     instance: Strategy = registry.STRATEGIES.create(strategy)
     return instance
-

@@ -31,8 +31,10 @@ class Fabric:
     Args:
         accelerator: ``"auto"``, a registered name (``"cpu"``, ``"cuda"``, a third party's) or an
             ``Accelerator``.
-        strategy: ``"auto"``, a registered name (``"single_device"``, ``"ddp"``, ...) or a ``Strategy``.
-        devices: how many devices (or which): an int, a list of indices, ``"0,1"``, -1 or ``"auto"``.
+        strategy: ``"auto"``, a registered name (``"single_device"``, ``"ddp"``, ...) or a
+            ``Strategy``.
+        devices: how many devices (or which): an int, a list of indices, ``"0,1"``, -1 or
+            ``"auto"``.
         num_nodes: how many machines.
         precision: ``"32-true"`` (default), ``"bf16-mixed"``, ... or an alias (16, "bf16", ...).
         plugins: Precision, CheckpointIO or ClusterEnvironment instances.
@@ -108,7 +110,8 @@ class Fabric:
 
     def launch(self, function: Callable[..., Any] | None = None, *args: Any, **kwargs: Any) -> Any:
         """Start the processes of the run (none on one device) and prepare each; with a
-        ``function``, call ``function(fabric, *args, **kwargs)`` in each and return rank 0's result."""
+        ``function``, call ``function(fabric, *args, **kwargs)`` in each and return rank 0's
+        result."""
         if function is not None and not callable(function):
             raise TypeError(f"launch takes a function, got {function!r}")
         launcher = self._strategy.launcher
@@ -125,7 +128,9 @@ class Fabric:
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         """Override in a subclass; ``launch()`` without a function then calls it."""
-        raise NotImplementedError("subclass Fabric and override run(), or pass a function to launch()")
+        raise NotImplementedError(
+            "subclass Fabric and override run(), or pass a function to launch()"
+        )
 
     # -- setup ---------------------------------------------------------------------------------
 
@@ -152,11 +157,16 @@ class Fabric:
             raise ValueError("setup_optimizers needs at least one optimizer")
         for optimizer in optimizers:
             self._check_setup_optimizer(optimizer)
-        wrapped = [FabricOptimizer(self._strategy.setup_optimizer(o), self._strategy) for o in optimizers]
+        wrapped = [
+            FabricOptimizer(self._strategy.setup_optimizer(o), self._strategy) for o in optimizers
+        ]
         return wrapped[0] if len(wrapped) == 1 else tuple(wrapped)
 
     def setup_dataloaders(
-        self, *dataloaders: DataLoader[Any], use_distributed_sampler: bool = True, move_to_device: bool = True
+        self,
+        *dataloaders: DataLoader[Any],
+        use_distributed_sampler: bool = True,
+        move_to_device: bool = True,
     ) -> Any:
         if not dataloaders:
             raise ValueError("setup_dataloaders needs at least one DataLoader")
@@ -173,7 +183,9 @@ class Fabric:
 
     def _check_setup_module(self, module: Module) -> None:
         if is_wrapped(module):
-            raise ValueError("this model is already set up by Fabric; set up the original model once")
+            raise ValueError(
+                "this model is already set up by Fabric; set up the original model once"
+            )
         if not isinstance(module, Module):
             raise TypeError(f"setup takes a torch.nn.Module, got {type(module).__name__}")
 
@@ -185,7 +197,9 @@ class Fabric:
 
     # -- steps ---------------------------------------------------------------------------------
 
-    def backward(self, tensor: Tensor, *args: Any, model: FabricModule | None = None, **kwargs: Any) -> None:
+    def backward(
+        self, tensor: Tensor, *args: Any, model: FabricModule | None = None, **kwargs: Any
+    ) -> None:
         """``tensor.backward()`` the way the precision and strategy need it (loss scaling, ...)."""
         module = model.module if model is not None else None
         self._strategy.backward(tensor, module, *args, **kwargs)
@@ -200,11 +214,17 @@ class Fabric:
         error_if_nonfinite: bool = True,
     ) -> Tensor | None:
         if (clip_val is None) == (max_norm is None):
-            raise ValueError("give exactly one of clip_val (clip by value) and max_norm (clip by norm)")
+            raise ValueError(
+                "give exactly one of clip_val (clip by value) and max_norm (clip by norm)"
+            )
         module, optimizer = unwrap(module), unwrap(optimizer)
         if max_norm is not None:
             return self._strategy.clip_gradients_norm(
-                module, optimizer, max_norm, norm_type=norm_type, error_if_nonfinite=error_if_nonfinite
+                module,
+                optimizer,
+                max_norm,
+                norm_type=norm_type,
+                error_if_nonfinite=error_if_nonfinite,
             )
         assert clip_val is not None
         self._strategy.clip_gradients_value(module, optimizer, clip_val)
@@ -236,10 +256,14 @@ class Fabric:
         return self._strategy.broadcast(obj, src=src)
 
     def all_gather(self, data: Any, group: Any | None = None, sync_grads: bool = False) -> Any:
-        return apply_to_tensors(data, lambda t: self._strategy.all_gather(t, group=group, sync_grads=sync_grads))
+        return apply_to_tensors(
+            data, lambda t: self._strategy.all_gather(t, group=group, sync_grads=sync_grads)
+        )
 
     def all_reduce(self, data: Any, group: Any | None = None, reduce_op: ReduceOp = "mean") -> Any:
-        return apply_to_tensors(data, lambda t: self._strategy.all_reduce(t, group=group, reduce_op=reduce_op))
+        return apply_to_tensors(
+            data, lambda t: self._strategy.all_reduce(t, group=group, reduce_op=reduce_op)
+        )
 
     @contextmanager
     def rank_zero_first(self, local: bool = False) -> Generator[None, None, None]:
@@ -251,7 +275,9 @@ class Fabric:
         if rank == 0:
             self.barrier("rank_zero_first")
 
-    def no_backward_sync(self, module: Module, enabled: bool = True) -> AbstractContextManager[object]:
+    def no_backward_sync(
+        self, module: Module, enabled: bool = True
+    ) -> AbstractContextManager[object]:
         """Skip gradient synchronization inside the block (gradient accumulation). On one process
         there is nothing to skip."""
         if not isinstance(module, FabricModule):
@@ -260,19 +286,27 @@ class Fabric:
 
     # -- checkpoints ----------------------------------------------------------------------------
 
-    def save(self, path: str | Path, state: dict[str, Any], filter: StateFilter | None = None) -> None:
+    def save(
+        self, path: str | Path, state: dict[str, Any], filter: StateFilter | None = None
+    ) -> None:
         """Save ``state`` (models, optimizers and anything with ``state_dict``, plus plain data)."""
-        self._strategy.save_checkpoint(path, {k: unwrap(v) for k, v in state.items()}, filter=filter)
+        self._strategy.save_checkpoint(
+            path, {k: unwrap(v) for k, v in state.items()}, filter=filter
+        )
         self.barrier("save")
 
-    def load(self, path: str | Path, state: dict[str, Any] | None = None, strict: bool = True) -> dict[str, Any]:
+    def load(
+        self, path: str | Path, state: dict[str, Any] | None = None, strict: bool = True
+    ) -> dict[str, Any]:
         """Restore ``state``'s objects in place from ``path``; return what the checkpoint has beyond
         them (everything, without ``state``)."""
         unwrapped = {k: unwrap(v) for k, v in (state or {}).items()}
         remainder = self._strategy.load_checkpoint(path, unwrapped, strict=strict)
         if state is not None:
             for key, value in unwrapped.items():  # plain values are replaced, not restored in place
-                if not isinstance(value, Module | Optimizer) and not hasattr(value, "load_state_dict"):
+                if not isinstance(value, Module | Optimizer) and not hasattr(
+                    value, "load_state_dict"
+                ):
                     state[key] = value
         self.barrier("load")
         return remainder
@@ -348,7 +382,9 @@ def _resolve_logger(logger: Logger | str) -> Logger:
 def _to_number(value: Any) -> Any:
     if isinstance(value, Tensor):
         if value.numel() != 1:
-            raise ValueError(f"can only log a tensor with one element, got shape {tuple(value.shape)}")
+            raise ValueError(
+                f"can only log a tensor with one element, got shape {tuple(value.shape)}"
+            )
         return value.detach().cpu().item()
     return value
 
@@ -359,4 +395,3 @@ def _accepted_kwargs(method: Callable[..., Any], kwargs: dict[str, Any]) -> dict
         return kwargs
     names = {p.name for p in params}
     return {k: v for k, v in kwargs.items() if k in names}
-

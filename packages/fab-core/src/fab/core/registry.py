@@ -29,7 +29,7 @@ import threading
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, TypeVar, cast
+from typing import Any, Generic, Literal, NoReturn, TypeVar, cast
 
 __all__ = [
     "ACCELERATORS",
@@ -124,7 +124,12 @@ class _Group:
 GROUPS: Mapping[str, _Group] = {
     g.name: g
     for g in (
-        _Group("fab.accelerators", "accelerators", "accelerator", "fab.core.accelerators.accelerator:Accelerator"),
+        _Group(
+            "fab.accelerators",
+            "accelerators",
+            "accelerator",
+            "fab.core.accelerators.accelerator:Accelerator",
+        ),
         _Group("fab.strategies", "strategies", "strategy", "fab.core.strategies.strategy:Strategy"),
         _Group("fab.precision", "precision", "precision", "fab.core.precision.precision:Precision"),
         _Group(
@@ -251,7 +256,8 @@ def _disabled_names() -> dict[str, set[str]]:
         if group is None or not name:
             accepted = ", ".join(sorted({g.short for g in GROUPS.values()} | set(GROUPS)))
             warnings.warn(
-                f"{DISABLED_PLUGINS_ENV}: ignoring '{item}': expected 'group:name' with group one of "
+                f"{DISABLED_PLUGINS_ENV}: ignoring '{item}': expected 'group:name' with group "
+                "one of "
                 f"{accepted}",
                 PluginWarning,
                 stacklevel=3,
@@ -415,14 +421,17 @@ class PluginRegistry(Generic[T]):
         if base is not None and not isinstance(instance, base):
             entry = self.entry(name)
             raise PluginTypeError(
-                f"{self.kind} plugin '{name}' from {entry.origin} (target '{entry.target}') returned "
+                f"{self.kind} plugin '{name}' from {entry.origin} (target '{entry.target}') "
+                "returned "
                 f"{type(instance).__name__}, which is not a {base.__name__}"
             )
-        return cast(T, instance)
+        return instance
 
     # -- run-time registration ---------------------------------------------------------------
 
-    def register(self, name: str, target: type[T] | Callable[..., T], *, override: bool = False) -> None:
+    def register(
+        self, name: str, target: type[T] | Callable[..., T], *, override: bool = False
+    ) -> None:
         """Register ``target`` (a class or a factory) as ``name``.
 
         An existing name is refused unless ``override=True``, which replaces it for this process.
@@ -552,14 +561,16 @@ class PluginRegistry(Generic[T]):
                 f"is a {type(obj).__name__}; expected a class or a zero-argument factory"
             )
 
-    def _raise_missing(self, name: str) -> Any:
+    def _raise_missing(self, name: str) -> NoReturn:
         kind = self.kind
         if name in self._disabled or self._is_disabled_by_name(name):
             entry = self._disabled.get(name)
             by = entry.disabled_by if entry else DISABLED_PLUGINS_ENV
             raise PluginDisabledError(f"{kind} '{name}' is installed but switched off by {by}")
         installed = self.names()
-        message = f"unknown {kind} {name!r}. Installed: {', '.join(map(repr, installed)) or 'none'}."
+        message = (
+            f"unknown {kind} {name!r}. Installed: {', '.join(map(repr, installed)) or 'none'}."
+        )
         provider = KNOWN_PROVIDERS.get(self.group, {}).get(name)
         if provider is not None:
             extra = provider.removeprefix("fab-")
@@ -593,7 +604,9 @@ ENVIRONMENTS: PluginRegistry[Any] = _make("fab.environments")
 LOGGERS: PluginRegistry[Any] = _make("fab.loggers")
 CALLBACKS: PluginRegistry[Any] = _make("fab.callbacks")
 
-_REGISTRIES = {r.group: r for r in (ACCELERATORS, STRATEGIES, PRECISION, ENVIRONMENTS, LOGGERS, CALLBACKS)}
+_REGISTRIES = {
+    r.group: r for r in (ACCELERATORS, STRATEGIES, PRECISION, ENVIRONMENTS, LOGGERS, CALLBACKS)
+}
 
 
 def get_registry(group: str) -> PluginRegistry[Any]:

@@ -1,4 +1,4 @@
-"""Everything deferred: lazy shapes, deferred allocation, deferred loading. Depends on torch only."""
+"""Everything deferred: lazy shapes, deferred allocation, deferred loading. Needs torch only."""
 
 from fab.lazy.shapes import has_uninitialized, uninitialized_modules
 

@@ -16,7 +16,10 @@ class FabricDataLoader:
     calls ``set_epoch`` on samplers that have it, once per pass."""
 
     def __init__(
-        self, dataloader: DataLoader[Any], strategy: StrategyLike, device: torch.device | None = None
+        self,
+        dataloader: DataLoader[Any],
+        strategy: StrategyLike,
+        device: torch.device | None = None,
     ) -> None:
         if isinstance(dataloader, FabricDataLoader):
             raise TypeError("this data loader is already set up by Fabric")

@@ -77,10 +77,10 @@ class FabricModule(Module):
     @property
     def device(self) -> torch.device:
         """The device the model's parameters are on (the strategy's device if it has none)."""
-        for tensor in self._original_module.parameters():
-            return tensor.device
-        for tensor in self._original_module.buffers():
-            return tensor.device
+        for parameter in self._original_module.parameters():
+            return parameter.device
+        for buffer in self._original_module.buffers():
+            return buffer.device
         return self._strategy.root_device
 
     def __getattr__(self, name: str) -> Any:
@@ -98,7 +98,9 @@ class FabricModule(Module):
     def state_dict(self, *args: Any, **kwargs: Any) -> Any:
         return self._original_module.state_dict(*args, **kwargs)
 
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> Any:
         return self._original_module.load_state_dict(state_dict, strict=strict, assign=assign)
 
     def named_parameters(
@@ -122,10 +124,13 @@ def _method_name(module: Module, method: str | Callable[..., Any]) -> str:
         name = getattr(method, "__name__", "")
         if getattr(method, "__self__", None) is None or not name:
             raise TypeError(
-                f"mark_forward_method takes a method name or a bound method of the model, got {method!r}"
+                "mark_forward_method takes a method name or a bound method of the model, "
+                f"got {method!r}"
             )
     if name == "forward":
-        raise ValueError("forward is the model's forward already; mark other methods, like generate")
+        raise ValueError(
+            "forward is the model's forward already; mark other methods, like generate"
+        )
     attr = getattr(module, name, None)
     if attr is None or not callable(attr) or not hasattr(type(module), name):
         raise AttributeError(f"{type(module).__name__} has no method {name!r} to mark")

@@ -26,11 +26,11 @@ class FabricOptimizer:
         if isinstance(optimizer, FabricOptimizer):
             raise TypeError("this optimizer is already set up by Fabric; set up the original once")
         if not isinstance(optimizer, Optimizer):
-            raise TypeError(
-                f"expected a torch.optim.Optimizer, got {type(optimizer).__name__}"
-            )
+            raise TypeError(f"expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
         # Share the optimizer's attributes (param_groups, state, defaults are the same objects).
-        self.__dict__ = {k: v for k, v in optimizer.__dict__.items() if k not in ("step", "zero_grad")}
+        self.__dict__ = {
+            k: v for k, v in optimizer.__dict__.items() if k not in ("step", "zero_grad")
+        }
         self.__class__ = _wrapper_class(type(optimizer))
         self._optimizer = optimizer
         self._strategy = strategy

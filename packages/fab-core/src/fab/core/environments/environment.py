@@ -7,10 +7,12 @@ from typing import ClassVar
 
 
 class ClusterEnvironment(ABC):
-    """What a scheduler or launcher (torchrun, SLURM, LSF, MPI, Kubeflow, fab's own) tells a process.
+    """What a scheduler or launcher (torchrun, SLURM, LSF, MPI, Kubeflow, fab's own) tells a
+    process.
 
     Registered in the ``fab.environments`` entry-point group. Detection asks each registered
-    environment ``detect()``, highest ``detect_priority`` first; the first that answers True is used.
+    environment ``detect()``, highest ``detect_priority`` first; the first that answers True is
+    used.
     """
 
     #: Higher is asked first. A specific scheduler (SLURM) should rank above a generic one.

@@ -47,7 +47,8 @@ class TorchCheckpointIO(CheckpointIO):
             raise FileNotFoundError(f"checkpoint not found: {path}")
         if path.is_dir():
             raise IsADirectoryError(
-                f"{path} is a directory (a sharded checkpoint?); this CheckpointIO reads single files"
+                f"{path} is a directory (a sharded checkpoint?); this CheckpointIO reads single "
+                "files"
             )
         try:
             loaded = torch.load(path, map_location=map_location, weights_only=weights_only)
@@ -56,7 +57,8 @@ class TorchCheckpointIO(CheckpointIO):
                 raise
             raise UnsafeCheckpointError(
                 f"refusing to load {path}: it holds objects that a weights-only load cannot "
-                f"restore, and unpickling them could run code ({_reason(err)}). If you trust the file, load "
+                f"restore, and unpickling them could run code ({_reason(err)}). If you trust the "
+                "file, load "
                 "it with weights_only=False, or allow the types with "
                 "torch.serialization.add_safe_globals."
             ) from err

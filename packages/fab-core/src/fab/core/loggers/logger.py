@@ -47,7 +47,9 @@ class Logger(ABC):
         """Record ``metrics`` at ``step``."""
 
     @abstractmethod
-    def log_hyperparams(self, params: Mapping[str, Any] | Namespace, *args: Any, **kwargs: Any) -> None:
+    def log_hyperparams(
+        self, params: Mapping[str, Any] | Namespace, *args: Any, **kwargs: Any
+    ) -> None:
         """Record the run's hyperparameters."""
 
     def log_graph(self, model: Module, input_array: Any | None = None) -> None:

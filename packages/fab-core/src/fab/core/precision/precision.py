@@ -70,7 +70,7 @@ class Precision:
         return tensor
 
     def backward(self, tensor: Tensor, model: Module | None, *args: Any, **kwargs: Any) -> None:
-        tensor.backward(*args, **kwargs)
+        tensor.backward(*args, **kwargs)  # type: ignore[no-untyped-call]
 
     def post_backward(self, tensor: Tensor, module: Module | None) -> Tensor:
         return tensor

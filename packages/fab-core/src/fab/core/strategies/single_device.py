@@ -42,10 +42,14 @@ class SingleDeviceStrategy(Strategy):
     def root_device(self) -> torch.device:
         return self._root_device if self._root_device is not None else torch.device("cpu")
 
-    def all_gather(self, tensor: Tensor, group: Any | None = None, sync_grads: bool = False) -> Tensor:
+    def all_gather(
+        self, tensor: Tensor, group: Any | None = None, sync_grads: bool = False
+    ) -> Tensor:
         return tensor.unsqueeze(0)
 
-    def all_reduce(self, tensor: Tensor, group: Any | None = None, reduce_op: ReduceOp = "mean") -> Tensor:
+    def all_reduce(
+        self, tensor: Tensor, group: Any | None = None, reduce_op: ReduceOp = "mean"
+    ) -> Tensor:
         if reduce_op not in ("mean", "sum", "max", "min"):
             raise ValueError(f"reduce_op={reduce_op!r}; accepted: 'mean', 'sum', 'max', 'min'")
         return tensor

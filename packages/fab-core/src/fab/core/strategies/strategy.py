@@ -29,7 +29,7 @@ StateFilter = dict[str, Callable[[str, Any], bool]]
 
 @dataclass(frozen=True)
 class StrategyContext:
-    """What the connector resolved from ``Fabric(...)``'s arguments, handed to ``Strategy.connect``."""
+    """What the connector resolved from ``Fabric(...)``'s arguments, for ``Strategy.connect``."""
 
     accelerator: Accelerator
     precision: Precision
@@ -239,11 +239,15 @@ class Strategy(ABC):
     # -- collectives ----------------------------------------------------------------------------
 
     @abstractmethod
-    def all_gather(self, tensor: Tensor, group: Any | None = None, sync_grads: bool = False) -> Tensor:
+    def all_gather(
+        self, tensor: Tensor, group: Any | None = None, sync_grads: bool = False
+    ) -> Tensor:
         """Stack ``tensor`` from every process along a new first dimension."""
 
     @abstractmethod
-    def all_reduce(self, tensor: Tensor, group: Any | None = None, reduce_op: ReduceOp = "mean") -> Tensor:
+    def all_reduce(
+        self, tensor: Tensor, group: Any | None = None, reduce_op: ReduceOp = "mean"
+    ) -> Tensor:
         """Reduce ``tensor`` over every process, in place where possible, and return it."""
 
     @abstractmethod
@@ -263,7 +267,9 @@ class Strategy(ABC):
     def get_module_state_dict(self, module: Module) -> dict[str, Any]:
         return module.state_dict()
 
-    def load_module_state_dict(self, module: Module, state_dict: dict[str, Any], strict: bool = True) -> None:
+    def load_module_state_dict(
+        self, module: Module, state_dict: dict[str, Any], strict: bool = True
+    ) -> None:
         module.load_state_dict(state_dict, strict=strict)
 
     def get_optimizer_state(self, optimizer: Optimizer) -> dict[str, Any]:
@@ -294,7 +300,8 @@ class Strategy(ABC):
         missing = [key for key in state if key not in checkpoint]
         if missing and strict:
             raise KeyError(
-                f"the checkpoint at {path} has no entry for {missing}; it has {sorted(checkpoint)}. "
+                f"the checkpoint at {path} has no entry for {missing}; "
+                f"it has {sorted(checkpoint)}. "
                 "Pass strict=False to load only what is there"
             )
         for key, target in state.items():
@@ -303,9 +310,7 @@ class Strategy(ABC):
             value = checkpoint.pop(key)
             if isinstance(target, Module):
                 self.load_module_state_dict(target, value, strict=strict)
-            elif isinstance(target, Optimizer):
-                target.load_state_dict(value)
-            elif hasattr(target, "load_state_dict") and callable(target.load_state_dict):
+            elif callable(getattr(target, "load_state_dict", None)):
                 target.load_state_dict(value)
             else:
                 state[key] = value
@@ -314,7 +319,9 @@ class Strategy(ABC):
     def _convert_state(self, state: dict[str, Any], filters: StateFilter) -> dict[str, Any]:
         unknown = set(filters) - set(state)
         if unknown:
-            raise KeyError(f"filter has keys {sorted(unknown)} that are not in the state {sorted(state)}")
+            raise KeyError(
+                f"filter has keys {sorted(unknown)} that are not in the state {sorted(state)}"
+            )
         converted: dict[str, Any] = {}
         for key, value in state.items():
             if isinstance(value, Module):
@@ -328,5 +335,3 @@ class Strategy(ABC):
                 value = {k: v for k, v in value.items() if keep(k, v)}
             converted[key] = value
         return converted
-
-

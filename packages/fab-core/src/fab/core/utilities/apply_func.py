@@ -21,7 +21,7 @@ def apply_to_tensors(data: Any, function: Callable[[Tensor], Any]) -> Any:
     if isinstance(data, Mapping):
         items = {k: apply_to_tensors(v, function) for k, v in data.items()}
         try:
-            return type(data)(items)
+            return type(data)(items)  # type: ignore[call-arg]
         except TypeError:  # a mapping type that cannot be built from a dict (defaultdict and co.)
             return items
     if isinstance(data, tuple) and hasattr(data, "_fields"):  # namedtuple

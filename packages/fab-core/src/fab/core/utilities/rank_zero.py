@@ -56,5 +56,7 @@ def rank_zero_debug(message: str, *args: Any, **kwargs: Any) -> None:
 
 
 @rank_zero_only
-def rank_zero_warn(message: str | Warning, category: type[Warning] = UserWarning, stacklevel: int = 3) -> None:
+def rank_zero_warn(
+    message: str | Warning, category: type[Warning] = UserWarning, stacklevel: int = 3
+) -> None:
     warnings.warn(message, category, stacklevel=stacklevel)
