@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -118,3 +120,27 @@ def test_unavailable_named_accelerator_is_an_error() -> None:
     registry.ACCELERATORS.register("absent", Absent)
     with pytest.raises(RuntimeError, match="accelerator 'absent' is installed but not available"):
         connect(accelerator="absent")
+
+
+def test_gpu_without_fab_accelerators_is_pointed_out_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fab.core import connector
+
+    monkeypatch.setattr(connector, "_gpu_hint_given", False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.warns(
+        registry.PluginWarning, match="CUDA GPU is available"
+    ):
+        assert isinstance(connect().accelerator, CPUAccelerator)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        connect()
+
+
+def test_no_gpu_hint_when_cpu_is_asked_for_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fab.core import connector
+
+    monkeypatch.setattr(connector, "_gpu_hint_given", False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        connect(accelerator="cpu")

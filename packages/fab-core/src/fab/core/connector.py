@@ -9,6 +9,8 @@ import warnings
 from collections.abc import Iterable
 from typing import Any
 
+import torch
+
 from fab.core import registry
 from fab.core.accelerators.accelerator import Accelerator
 from fab.core.environments.environment import ClusterEnvironment
@@ -189,11 +191,37 @@ def _auto_accelerator() -> Accelerator:
             continue
         seen.add(cls)
         if cls.is_available():
-            return registry.ACCELERATORS.create(name)  # type: ignore[no-any-return]
+            chosen: Accelerator = registry.ACCELERATORS.create(name)
+            if chosen.auto_priority <= 0:
+                _hint_missing_gpu_package()
+            return chosen
     raise RuntimeError(
         "accelerator='auto' found no available accelerator; installed: "
         f"{', '.join(registry.ACCELERATORS.names()) or 'none'}"
     )
+
+
+_gpu_hint_given = False
+
+
+def _hint_missing_gpu_package() -> None:
+    """Say once per process that a GPU is here but no installed accelerator can use it."""
+    global _gpu_hint_given
+    if _gpu_hint_given:
+        return
+    gpu = None
+    if torch.cuda.device_count() > 0:  # NVML-based where it can be: does not initialize CUDA
+        gpu = "a CUDA GPU"
+    elif torch.backends.mps.is_available():
+        gpu = "an Apple GPU (MPS)"
+    if gpu is not None:
+        _gpu_hint_given = True
+        warnings.warn(
+            f"{gpu} is available but no installed accelerator uses it, so fab runs on the CPU. "
+            'To use it: pip install fab-accelerators  (or pip install "fab-core[accelerators]")',
+            registry.PluginWarning,
+            stacklevel=5,
+        )
 
 
 def _resolve_strategy(strategy: StrategyArg, num_devices: int, num_nodes: int) -> Strategy:
