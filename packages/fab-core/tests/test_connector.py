@@ -127,9 +127,7 @@ def test_gpu_without_fab_accelerators_is_pointed_out_once(monkeypatch: pytest.Mo
 
     monkeypatch.setattr(connector, "_gpu_hint_given", False)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    with pytest.warns(
-        registry.PluginWarning, match="CUDA GPU is available"
-    ):
+    with pytest.warns(registry.PluginWarning, match="CUDA GPU is available"):
         assert isinstance(connect().accelerator, CPUAccelerator)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

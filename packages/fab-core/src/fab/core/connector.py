@@ -135,15 +135,18 @@ def _resolve_precision(precision: PrecisionArg, from_plugins: Precision | None) 
             )
         return from_plugins
     name = normalize_precision(precision)
-    if name not in registry.PRECISION and name not in CANONICAL_PRECISION:
+    try:
+        instance: Precision = registry.PRECISION.create(name)
+    except registry.PluginNotFoundError as err:
+        if name in CANONICAL_PRECISION or name in registry.KNOWN_PROVIDERS["fab.precision"]:
+            raise  # it says which package provides the name
         accepted = ", ".join(repr(p) for p in CANONICAL_PRECISION)
         aliases = ", ".join(repr(a) for a in PRECISION_ALIASES)
         extra = sorted(set(registry.PRECISION.names()) - set(CANONICAL_PRECISION))
         raise ValueError(
             f"precision={precision!r} is not supported; accepted: {accepted} (aliases {aliases})"
             + (f"; installed plugins add {', '.join(map(repr, extra))}" if extra else "")
-        )
-    instance: Precision = registry.PRECISION.create(name)
+        ) from err
     return instance
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable, Generator, Iterable, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
@@ -364,9 +365,16 @@ def _as_list(value: Any) -> list[Any]:
 
 
 def _entry_point_callbacks() -> list[Any]:
+    """The callbacks of every ``fab.callbacks`` factory. One that fails is skipped with a
+    warning: a broken third-party callback must not stop a run that never asked for it."""
     callbacks = []
     for name in registry.CALLBACKS.names():
-        callbacks.append(registry.CALLBACKS.create(name))
+        try:
+            callbacks.append(registry.CALLBACKS.create(name))
+        except Exception as err:
+            warnings.warn(
+                f"skipped the callback plugin '{name}': {err}", registry.PluginWarning, stacklevel=3
+            )
     return callbacks
 
 

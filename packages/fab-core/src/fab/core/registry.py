@@ -354,7 +354,7 @@ class PluginRegistry(Generic[T]):
         self._group = GROUPS[group]
         self._lock = threading.RLock()
         self._resolved: dict[str, PluginEntry] | None = None
-        self._disabled: dict[str, PluginEntry] = {}
+        self._disabled: dict[str, list[PluginEntry]] = {}
         self._shadowed: dict[str, list[PluginEntry]] = {}
         self._conflicts: list[Conflict] = []
         self._loaded: dict[str, object] = {}
@@ -482,9 +482,8 @@ class PluginRegistry(Generic[T]):
                 elif name in self._loaded:
                     status = "ok"
                 rows.append(self._record(entry, status, detail))
-            elif name in self._disabled:
-                entry = self._disabled[name]
-                rows.append(self._record(entry, "disabled", f"switched off by {entry.disabled_by}"))
+            for off in self._disabled.get(name, ()):
+                rows.append(self._record(off, "disabled", f"switched off by {off.disabled_by}"))
             for lost in self._shadowed.get(name, ()):
                 rows.append(self._record(lost, "shadowed", f"name taken by {table[name].origin}"))
         return rows
@@ -504,10 +503,10 @@ class PluginRegistry(Generic[T]):
 
     def _resolve_names(self, entries: Iterable[PluginEntry]) -> dict[str, PluginEntry]:
         by_name: dict[str, list[PluginEntry]] = {}
-        disabled: dict[str, PluginEntry] = {}
+        disabled: dict[str, list[PluginEntry]] = {}
         for entry in entries:
             if entry.disabled_by is not None:
-                disabled.setdefault(entry.name, entry)
+                disabled.setdefault(entry.name, []).append(entry)
             else:
                 by_name.setdefault(entry.name, []).append(entry)
         table: dict[str, PluginEntry] = {}
@@ -522,7 +521,7 @@ class PluginRegistry(Generic[T]):
         report = [c for c in conflicts if c not in self._conflicts]
         for name, (entry, _) in self._runtime.items():
             table[name] = entry
-        self._disabled = {n: e for n, e in disabled.items() if n not in table}
+        self._disabled = disabled
         self._shadowed = shadowed
         self._conflicts = conflicts
         for conflict in report:
@@ -563,10 +562,11 @@ class PluginRegistry(Generic[T]):
 
     def _raise_missing(self, name: str) -> NoReturn:
         kind = self.kind
-        if name in self._disabled or self._is_disabled_by_name(name):
-            entry = self._disabled.get(name)
-            by = entry.disabled_by if entry else DISABLED_PLUGINS_ENV
-            raise PluginDisabledError(f"{kind} '{name}' is installed but switched off by {by}")
+        if name in self._disabled:
+            off = self._disabled[name][0]
+            raise PluginDisabledError(
+                f"{kind} '{name}' ({off.origin}) is installed but switched off by {off.disabled_by}"
+            )
         installed = self.names()
         message = (
             f"unknown {kind} {name!r}. Installed: {', '.join(map(repr, installed)) or 'none'}."
@@ -588,9 +588,6 @@ class PluginRegistry(Generic[T]):
             if hints:
                 message += f" Did you mean {' or '.join(hints)}?"
         raise PluginNotFoundError(message)
-
-    def _is_disabled_by_name(self, name: str) -> bool:
-        return name in _disabled_names().get(self.group, set())
 
 
 def _make(group: str) -> PluginRegistry[Any]:
