@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +14,8 @@ from fab.core import registry
 from fab.core.accelerators import Accelerator, CPUAccelerator
 from fab.core.precision import Precision
 from fab.core.strategies import SingleDeviceStrategy
+
+MakeDistribution = Callable[..., Path]
 
 GOOD_ACCELERATOR = """
 import torch
@@ -37,7 +41,7 @@ def test_group_is_accepted_by_full_or_short_name() -> None:
         registry.get_registry("nope")
 
 
-def test_listing_names_does_not_import_the_plugin(make_distribution) -> None:  # type: ignore[no-untyped-def]
+def test_listing_names_does_not_import_the_plugin(make_distribution: MakeDistribution) -> None:
     make_distribution(
         "toy-plugins",
         {"fab.accelerators": {"toy": "toy_accel:ToyAccelerator"}},
@@ -52,7 +56,7 @@ def test_listing_names_does_not_import_the_plugin(make_distribution) -> None:  #
 
 
 def test_a_plugin_that_fails_to_import_names_its_distribution_and_breaks_nothing_else(
-    make_distribution,  # type: ignore[no-untyped-def]
+    make_distribution: MakeDistribution,
 ) -> None:
     make_distribution(
         "broken-plugins",
@@ -72,7 +76,9 @@ def test_a_plugin_that_fails_to_import_names_its_distribution_and_breaks_nothing
     assert registry.STRATEGIES.load("single_device") is SingleDeviceStrategy
 
 
-def test_a_plugin_that_is_not_a_subclass_is_refused_when_requested(make_distribution) -> None:  # type: ignore[no-untyped-def]
+def test_a_plugin_that_is_not_a_subclass_is_refused_when_requested(
+    make_distribution: MakeDistribution,
+) -> None:
     make_distribution(
         "wrong-plugins",
         {"fab.precision": {"wrong": "wrong_precision:NotAPrecision"}},
@@ -85,7 +91,9 @@ def test_a_plugin_that_is_not_a_subclass_is_refused_when_requested(make_distribu
     assert registry.PRECISION.create("32-true").precision == "32-true"
 
 
-def test_a_factory_target_is_called_and_its_result_checked(make_distribution) -> None:  # type: ignore[no-untyped-def]
+def test_a_factory_target_is_called_and_its_result_checked(
+    make_distribution: MakeDistribution,
+) -> None:
     make_distribution(
         "factory-plugins",
         {"fab.strategies": {"on_meta": "factories:on_meta", "bad": "factories:bad"}},
@@ -107,15 +115,17 @@ def test_a_factory_target_is_called_and_its_result_checked(make_distribution) ->
         registry.STRATEGIES.create("bad")
 
 
-def test_first_party_distribution_wins_a_collision_and_it_is_reported(make_distribution) -> None:  # type: ignore[no-untyped-def]
+def test_first_party_distribution_wins_a_collision_and_it_is_reported(
+    make_distribution: MakeDistribution,
+) -> None:
+    make_distribution(
+        "aaa-plugins",
+        {"fab.accelerators": {"cpu": "toy_accel:ToyAccelerator"}},
+        {"toy_accel": GOOD_ACCELERATOR},
+    )
     with pytest.warns(
         registry.PluginConflictWarning, match="'fab-core'.* is used; shadowed: 'aaa-plugins'"
     ):
-        make_distribution(
-            "aaa-plugins",
-            {"fab.accelerators": {"cpu": "toy_accel:ToyAccelerator"}},
-            {"toy_accel": GOOD_ACCELERATOR},
-        )
         registry.ACCELERATORS.names()
     assert registry.ACCELERATORS.load("cpu") is CPUAccelerator
     (conflict,) = registry.ACCELERATORS.conflicts()
@@ -128,25 +138,23 @@ def test_first_party_distribution_wins_a_collision_and_it_is_reported(make_distr
 
 
 def test_third_party_collision_goes_to_the_alphabetically_first_distribution(
-    make_distribution,
-) -> None:  # type: ignore[no-untyped-def]
+    make_distribution: MakeDistribution,
+) -> None:
     modules = {"toy_accel": GOOD_ACCELERATOR}
+    make_distribution(
+        "beta-plugins", {"fab.accelerators": {"toy": "toy_accel:ToyAccelerator"}}, modules
+    )
+    make_distribution("alpha-plugins", {"fab.accelerators": {"toy": "toy_accel:ToyAccelerator"}})
     with pytest.warns(
         registry.PluginConflictWarning, match="'alpha-plugins'.* is used; shadowed: 'beta-plugins'"
     ):
-        make_distribution(
-            "beta-plugins", {"fab.accelerators": {"toy": "toy_accel:ToyAccelerator"}}, modules
-        )
-        make_distribution(
-            "alpha-plugins", {"fab.accelerators": {"toy": "toy_accel:ToyAccelerator"}}
-        )
         registry.ACCELERATORS.names()
     assert registry.ACCELERATORS.entry("toy").distribution == "alpha-plugins"
 
 
 def test_disable_autoload_keeps_first_party_plugins_only(
-    make_distribution,
-    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+    make_distribution: MakeDistribution,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("FAB_DISABLE_PLUGIN_AUTOLOAD", "1")
     make_distribution(
@@ -164,8 +172,8 @@ def test_disable_autoload_keeps_first_party_plugins_only(
 
 
 def test_disabled_plugins_variable_takes_short_and_full_group_names(
-    make_distribution,
-    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+    make_distribution: MakeDistribution,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("FAB_DISABLED_PLUGINS", "accelerators:toy, fab.strategies:single_device")
     make_distribution(
@@ -184,8 +192,8 @@ def test_malformed_disabled_plugins_entry_warns_and_is_ignored(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("FAB_DISABLED_PLUGINS", "nonsense")
+    registry.refresh()
     with pytest.warns(registry.PluginWarning, match="ignoring 'nonsense': expected 'group:name'"):
-        registry.refresh()
         registry.ACCELERATORS.names()
     assert "cpu" in registry.ACCELERATORS.names()
 
@@ -213,7 +221,7 @@ def test_register_validates_the_base_class() -> None:
         registry.PluginTypeError,
         match=r"not a subclass of fab\.core\.strategies\.strategy\.Strategy",
     ):
-        registry.STRATEGIES.register("odd", NotAStrategy)  # type: ignore[arg-type]
+        registry.STRATEGIES.register("odd", NotAStrategy)
     assert "odd" not in registry.STRATEGIES.names()
 
 
