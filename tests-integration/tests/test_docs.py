@@ -38,9 +38,10 @@ def test_there_are_documented_blocks_to_run() -> None:
     assert len(python_blocks()) >= 3
 
 
-def test_main_job_example_learns_the_spirals() -> None:
+def test_main_job_example_learns_the_spirals(tmp_path: Path) -> None:
+    example = str(ROOT / "docs/examples/train_cpu.py")
     result = subprocess.run(
-        [sys.executable, str(ROOT / "docs/examples/train_cpu.py"), "--epochs", "8"],
+        [sys.executable, example, "--epochs", "8", "--out", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=300,

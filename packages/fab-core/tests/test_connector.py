@@ -125,6 +125,11 @@ def test_unavailable_named_accelerator_is_an_error() -> None:
 def test_gpu_without_fab_accelerators_is_pointed_out_once(monkeypatch: pytest.MonkeyPatch) -> None:
     from fab.core import connector
 
+    # As if fab-accelerators were not installed (it may be, in the development environment).
+    monkeypatch.setenv(
+        "FAB_DISABLED_PLUGINS", "accelerators:cuda,accelerators:gpu,accelerators:mps"
+    )
+    registry.refresh()
     monkeypatch.setattr(connector, "_gpu_hint_given", False)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.warns(registry.PluginWarning, match="CUDA GPU is available"):

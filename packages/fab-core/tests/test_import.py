@@ -25,8 +25,9 @@ def test_import_fab_core_pulls_in_nothing_heavy() -> None:
     assert not [m for m in modules if m.startswith(L2_PREFIXES)]
 
 
-def test_creating_a_fabric_imports_no_l2_package_nor_dynamo() -> None:
-    modules = modules_after("from fab.core import Fabric\nFabric()")
+def test_a_cpu_fabric_imports_no_l2_package_nor_dynamo() -> None:
+    code = "from fab.core import Fabric\nFabric(accelerator='cpu', strategy='single_device')"
+    modules = modules_after(code)
     assert "torch._dynamo" not in modules
     assert not [m for m in modules if m.startswith(L2_PREFIXES)]
 

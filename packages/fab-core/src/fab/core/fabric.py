@@ -140,8 +140,10 @@ class Fabric:
         self._check_setup_module(module)
         for optimizer in optimizers:
             self._check_setup_optimizer(optimizer)
-        original = module
-        forward_module, opts = self._strategy.setup_module_and_optimizers(module, list(optimizers))
+        original = self._prepare_module(module, move_to_device)
+        forward_module, opts = self._strategy.setup_module_and_optimizers(
+            original, list(optimizers)
+        )
         wrapped = FabricModule(forward_module, self._strategy, original_module=original)
         fabric_optimizers = [FabricOptimizer(o, self._strategy) for o in opts]
         if not fabric_optimizers:
@@ -149,9 +151,18 @@ class Fabric:
         return (wrapped, *fabric_optimizers)
 
     def setup_module(self, module: Module, move_to_device: bool = True) -> FabricModule:
+        """Set up a model without optimizers (for inference, or to create the optimizers after
+        sharding); set them up with ``setup_optimizers``."""
         self._check_setup_module(module)
-        forward_module = self._strategy.setup_module(module)
-        return FabricModule(forward_module, self._strategy, original_module=module)
+        original = self._prepare_module(module, move_to_device)
+        forward_module = self._strategy.setup_module(original)
+        return FabricModule(forward_module, self._strategy, original_module=original)
+
+    def _prepare_module(self, module: Module, move_to_device: bool) -> Module:
+        module = self._strategy.precision.convert_module(module)
+        if move_to_device:
+            self._strategy.module_to_device(module)
+        return module
 
     def setup_optimizers(self, *optimizers: Optimizer) -> Any:
         if not optimizers:
@@ -239,7 +250,18 @@ class Fabric:
         return self._strategy.tensor_init_context()
 
     def init_module(self, empty_init: bool | None = None) -> AbstractContextManager[object]:
+        """Create the model's parameters directly on the device, in the precision's dtype; with
+        ``empty_init=True``, skip their initialization (a checkpoint will overwrite them)."""
         return self._strategy.module_init_context(empty_init=empty_init)
+
+    def sharded_model(self) -> AbstractContextManager[object]:
+        """Deprecated: use ``init_module``."""
+        warnings.warn(
+            "Fabric.sharded_model() is deprecated; use Fabric.init_module()",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self._strategy.module_sharded_context()
 
     def to_device(self, obj: Any) -> Any:
         """Move a module, a tensor or a collection of tensors to this process's device."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from contextlib import AbstractContextManager, ExitStack
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +21,7 @@ from fab.core.io.checkpoint_io import CheckpointIO
 from fab.core.launchers.launcher import Launcher
 from fab.core.precision.precision import Precision
 from fab.core.utilities.apply_func import move_data_to_device
+from fab.lazy import skip_init
 
 ReduceOp = Literal["mean", "sum", "max", "min"]
 #: Filters for ``save``: a key of the state maps to a predicate on (parameter name, value).
@@ -175,9 +176,10 @@ class Strategy(ABC):
         return module, [self.setup_optimizer(optimizer) for optimizer in optimizers]
 
     def setup_module(self, module: Module) -> Module:
-        """Convert, move and wrap (DDP, ...) the model; return what forward should call."""
-        module = self.precision.convert_module(module)
-        self.module_to_device(module)
+        """Wrap the model for this strategy (DDP, ...) and return what forward should call.
+
+        Fabric has converted it to the precision's dtype and, unless asked not to, moved it with
+        ``module_to_device`` before."""
         return module
 
     def setup_optimizer(self, optimizer: Optimizer) -> Optimizer:
@@ -187,12 +189,19 @@ class Strategy(ABC):
         module.to(self.root_device)
 
     def module_init_context(self, empty_init: bool | None = None) -> AbstractContextManager[object]:
-        """Active in ``Fabric.init_module``: the device and dtype new parameters get; with
-        ``empty_init``, parameters are created on the meta device and allocated later."""
+        """Active in ``Fabric.init_module``: new parameters get this process's device and the
+        precision's dtype; with ``empty_init``, their memory is allocated but not initialized (for
+        weights a checkpoint will overwrite). Sharding strategies create them on the meta device."""
         stack = ExitStack()
-        stack.enter_context(torch.device("meta") if empty_init else torch.device(self.root_device))
+        stack.enter_context(torch.device(self.root_device))
+        if empty_init:
+            stack.enter_context(skip_init())
         stack.enter_context(self.precision.module_init_context())
         return stack
+
+    def module_sharded_context(self) -> AbstractContextManager[object]:
+        """Active in the deprecated ``Fabric.sharded_model``; only sharding strategies act."""
+        return nullcontext()
 
     def tensor_init_context(self) -> AbstractContextManager[object]:
         """Active in ``Fabric.init_tensor``."""
