@@ -195,3 +195,27 @@ def test_wrapped_forward_in_32_true_is_the_module_itself() -> None:
     wrapped = fabric.setup(model)
     assert isinstance(wrapped, FabricModule)
     assert wrapped._run_forward is model  # no extra layer of Python in the hot path
+
+
+def test_precision_state_is_saved_beside_the_state_and_restored(tmp_path: Path) -> None:
+    from fab.core.precision import Precision
+
+    class Scaled(Precision):
+        def __init__(self) -> None:
+            self.scale = 1.0
+
+        def state_dict(self) -> dict[str, Any]:
+            return {"scale": self.scale}
+
+        def load_state_dict(self, state_dict: Any) -> None:
+            self.scale = state_dict["scale"]
+
+    precision = Scaled()
+    fabric = Fabric(precision=precision)
+    precision.scale = 4.0
+    fabric.save(tmp_path / "c.pt", {"step": 1})
+    precision.scale = 1.0
+    assert fabric.load(tmp_path / "c.pt", {"step": 0}) == {}
+    assert precision.scale == 4.0
+    with pytest.raises(ValueError, match="'fab_precision' is a key fab reserves"):
+        fabric.save(tmp_path / "c.pt", {"fab_precision": 1})

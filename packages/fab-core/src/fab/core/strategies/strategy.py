@@ -24,6 +24,8 @@ from fab.core.utilities.apply_func import move_data_to_device
 from fab.lazy import skip_init
 
 ReduceOp = Literal["mean", "sum", "max", "min"]
+#: Where a checkpoint keeps the precision's state (a GradScaler's).
+PRECISION_STATE_KEY = "fab_precision"
 #: Filters for ``save``: a key of the state maps to a predicate on (parameter name, value).
 StateFilter = dict[str, Callable[[str, Any], bool]]
 
@@ -291,8 +293,16 @@ class Strategy(ABC):
         storage_options: Any | None = None,
         filter: StateFilter | None = None,
     ) -> None:
-        """Write ``state`` (modules and optimizers become state dicts) from global rank 0."""
+        """Write ``state`` (modules and optimizers become state dicts) from global rank 0.
+
+        The precision's own state (a GradScaler's), when it has one, is saved beside it under
+        ``PRECISION_STATE_KEY`` and restored by ``load_checkpoint``."""
+        if PRECISION_STATE_KEY in state:
+            raise ValueError(f"'{PRECISION_STATE_KEY}' is a key fab reserves; rename that entry")
         checkpoint = self._convert_state(state, filter or {})
+        precision_state = self.precision.state_dict()
+        if precision_state:
+            checkpoint[PRECISION_STATE_KEY] = precision_state
         if self.is_global_zero:
             self.checkpoint_io.save_checkpoint(checkpoint, path, storage_options=storage_options)
 
@@ -304,6 +314,9 @@ class Strategy(ABC):
         Without ``state``, return the whole checkpoint.
         """
         checkpoint = self.checkpoint_io.load_checkpoint(path, map_location="cpu")
+        precision_state = checkpoint.pop(PRECISION_STATE_KEY, None)
+        if precision_state is not None:
+            self.precision.load_state_dict(precision_state)
         if not state:
             return checkpoint
         missing = [key for key in state if key not in checkpoint]
