@@ -8,18 +8,18 @@ import sys
 
 import fab.accelerators
 
+PUBLIC_NAMES = {
+    "Accelerator": "fab.core.accelerators",
+    "CPUAccelerator": "fab.core.accelerators",
+    "CUDAAccelerator": "fab.accelerators.cuda",
+    "MPSAccelerator": "fab.accelerators.mps",
+}
 
-def test_public_names_are_fab_cores_objects() -> None:
-    for name, core_module in {
-        "Accelerator": "fab.core.accelerators",
-        "CPUAccelerator": "fab.core.accelerators",
-    }.items():
-        assert getattr(fab.accelerators, name) is getattr(
-            importlib.import_module(core_module), name
-        )
-    assert sorted(fab.accelerators.__all__) == sorted(
-        {"Accelerator": "fab.core.accelerators", "CPUAccelerator": "fab.core.accelerators"}
-    )
+
+def test_public_names_are_the_defining_modules_objects() -> None:
+    for name, module in PUBLIC_NAMES.items():
+        assert getattr(fab.accelerators, name) is getattr(importlib.import_module(module), name)
+    assert sorted(fab.accelerators.__all__) == sorted(PUBLIC_NAMES)
 
 
 def test_fab_core_does_not_import_this_package() -> None:

@@ -48,9 +48,13 @@ def test_precision_that_no_package_provides_lists_accepted_values() -> None:
         connect(precision="8-bit")
 
 
-def test_precision_from_a_missing_package_names_the_package() -> None:
+def test_precision_from_a_missing_package_names_the_package(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A name fab-precision provides, whether or not fab-precision is installed here.
+    monkeypatch.setitem(registry.KNOWN_PROVIDERS["fab.precision"], "fp4-future", "fab-precision")  # type: ignore[index]
     with pytest.raises(registry.PluginNotFoundError, match="pip install fab-precision"):
-        connect(precision="bf16-mixed")
+        connect(precision="fp4-future")
 
 
 def test_instances_are_used_as_given() -> None:
