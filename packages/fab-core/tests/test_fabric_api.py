@@ -197,3 +197,18 @@ def test_no_warning_on_a_plain_training_step() -> None:
         warnings.simplefilter("error")
         fabric.backward(model(torch.ones(2)).sum())
         optimizer.step()
+
+
+def test_seed_everything_through_fabric_seeds_data_loader_workers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from torch.utils.data import DataLoader
+
+    monkeypatch.delenv("FAB_SEED_WORKERS", raising=False)
+    fabric = Fabric()
+    fabric.seed_everything(3)  # workers=None means True, as in Lightning
+    loader = DataLoader(list(range(4)), num_workers=1)
+    wrapped = fabric.setup_dataloaders(loader)
+    assert wrapped.dataloader.worker_init_fn is not None
+    fabric.seed_everything(3, workers=False)
+    assert fabric.setup_dataloaders(DataLoader(list(range(4)))).dataloader.worker_init_fn is None

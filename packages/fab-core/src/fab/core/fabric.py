@@ -22,6 +22,7 @@ from fab.core.loggers.logger import Logger
 from fab.core.strategies.strategy import ReduceOp, StateFilter, Strategy
 from fab.core.utilities.apply_func import apply_to_tensors
 from fab.core.utilities.rank_zero import rank_zero_only
+from fab.core.utilities.seed import add_worker_init_fn
 from fab.core.utilities.seed import seed_everything as _seed_everything
 from fab.wrappers import FabricDataLoader, FabricModule, FabricOptimizer, is_wrapped, unwrap
 
@@ -189,6 +190,7 @@ class Fabric:
             if not isinstance(loader, DataLoader):
                 raise TypeError(f"setup_dataloaders takes DataLoaders, got {type(loader).__name__}")
             processed = self._strategy.process_dataloader(loader)
+            add_worker_init_fn(processed, self.global_rank)
             device = self.device if move_to_device else None
             wrapped.append(FabricDataLoader(processed, self._strategy, device))
         return wrapped[0] if len(wrapped) == 1 else tuple(wrapped)
@@ -374,8 +376,12 @@ class Fabric:
             print(*args, **kwargs)
 
     @staticmethod
-    def seed_everything(seed: int | None = None, workers: bool | None = None) -> int:
-        return _seed_everything(seed, workers=bool(workers))
+    def seed_everything(
+        seed: int | None = None, workers: bool | None = None, verbose: bool = True
+    ) -> int:
+        """Seed python, numpy and torch; unlike the module-level function, data-loader workers are
+        seeded too unless ``workers=False`` (as in Lightning)."""
+        return _seed_everything(seed, workers=True if workers is None else workers, verbose=verbose)
 
 
 def _as_list(value: Any) -> list[Any]:

@@ -1,20 +1,45 @@
-"""Utilities that Fabric programs import."""
+"""Utilities that Fabric programs import (``lightning.fabric.utilities``' names).
+
+Importing this package stays cheap: what needs a heavy module (``torch.utils.flop_counter``
+and its sympy, ``torch.distributed``) imports it when called.
+"""
 
 from fab.core.utilities.apply_func import apply_to_tensors, move_data_to_device
+from fab.core.utilities.attribute_dict import AttributeDict
+from fab.core.utilities.data import suggested_max_num_workers
+from fab.core.utilities.flops import get_available_flops, measure_flops
 from fab.core.utilities.rank_zero import (
+    FabDeprecationWarning,
+    rank_prefixed_message,
     rank_zero_debug,
+    rank_zero_deprecation,
     rank_zero_info,
     rank_zero_only,
     rank_zero_warn,
 )
-from fab.core.utilities.seed import seed_everything
+from fab.core.utilities.seed import add_worker_init_fn, reset_seed, seed_everything, seed_worker
+from fab.core.utilities.shared_filesystem import is_shared_filesystem
+from fab.core.utilities.throughput import Throughput, ThroughputMonitor
 
 __all__ = [
+    "AttributeDict",
+    "FabDeprecationWarning",
+    "Throughput",
+    "ThroughputMonitor",
+    "add_worker_init_fn",
     "apply_to_tensors",
+    "get_available_flops",
+    "is_shared_filesystem",
+    "measure_flops",
     "move_data_to_device",
+    "rank_prefixed_message",
     "rank_zero_debug",
+    "rank_zero_deprecation",
     "rank_zero_info",
     "rank_zero_only",
     "rank_zero_warn",
+    "reset_seed",
     "seed_everything",
+    "seed_worker",
+    "suggested_max_num_workers",
 ]
