@@ -6,7 +6,7 @@ backward hook, so fab's wrappers call the model directly, as in ``32-true``.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 from torch.optim import Optimizer
 
@@ -16,7 +16,7 @@ from fab.core.precision import Precision
 class AcmeTruePrecision(Precision):
     """``32-true`` with a count of optimizer steps."""
 
-    precision: ClassVar[str] = "acme-true"
+    precision = "acme-true"
 
     def __init__(self) -> None:
         self.optimizer_steps = 0

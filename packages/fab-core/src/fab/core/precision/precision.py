@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -27,7 +27,7 @@ class Precision:
     """
 
     #: The canonical name users pass as ``Fabric(precision=...)``.
-    precision: ClassVar[str] = "32-true"
+    precision: str = "32-true"
 
     # -- models and tensors ----------------------------------------------------------------
 

@@ -1,0 +1,45 @@
+"""Helpers shared by the precisions: converting floating-point tensors, importing optional
+libraries with an error that says what to install."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fab.core.utilities import apply_to_tensors
+
+
+def convert_floating(data: Any, dtype: torch.dtype) -> Any:
+    """``data`` with every floating-point tensor in it (nested collections included) cast to
+    ``dtype``; integer, boolean and complex tensors and everything else are left as they are."""
+
+    def convert(tensor: Tensor) -> Tensor:
+        if tensor.is_floating_point() and tensor.dtype != dtype:
+            return tensor.to(dtype)
+        return tensor
+
+    return apply_to_tensors(data, convert)
+
+
+def import_optional(module: str, install: str, feature: str) -> ModuleType:
+    """Import ``module``, which only an optional library provides.
+
+    Raises ``ModuleNotFoundError`` naming the pip requirement ``install`` when the library is not
+    installed. Any other failure while importing it (a broken installation, a missing CUDA
+    library) is left as it is, so its cause stays visible.
+    """
+    top = module.partition(".")[0]
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name is None or err.name.partition(".")[0] != top:
+            raise  # the library is there; something it needs is missing
+        raise ModuleNotFoundError(
+            f"{feature} needs '{module}' from the '{top}' library, which is not installed "
+            f"({err}). Install it with: pip install {install}",
+            name=err.name,
+        ) from err
