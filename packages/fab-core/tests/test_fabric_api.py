@@ -212,3 +212,34 @@ def test_seed_everything_through_fabric_seeds_data_loader_workers(
     assert wrapped.dataloader.worker_init_fn is not None
     fabric.seed_everything(3, workers=False)
     assert fabric.setup_dataloaders(DataLoader(list(range(4)))).dataloader.worker_init_fn is None
+
+
+def test_a_compiled_model_is_set_up_with_clean_state_dict_keys() -> None:
+    fabric = Fabric()
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
+    compiled = torch.compile(model, backend="eager")
+    wrapped, optimizer = fabric.setup(compiled, torch.optim.SGD(model.parameters(), lr=0.1))
+    assert wrapped.module is model
+    assert list(wrapped.state_dict()) == ["0.weight", "0.bias"]
+    assert is_wrapped(wrapped)
+    before = model[0].weight.detach().clone()
+    fabric.backward(wrapped(torch.randn(2, 4)).sum())
+    optimizer.step()
+    assert not torch.equal(before, model[0].weight)
+
+
+def test_plain_backward_is_refused_where_the_precision_needs_fabric_backward() -> None:
+    from fab.core.precision import Precision
+
+    class Scaling(Precision):
+        def pre_backward(
+            self, tensor: torch.Tensor, module: torch.nn.Module | None
+        ) -> torch.Tensor:
+            return tensor * 2
+
+    fabric = Fabric(precision=Scaling())
+    model = fabric.setup(torch.nn.Linear(2, 1))
+    with pytest.raises(RuntimeError, match=r"fabric\.backward"):
+        model(torch.ones(2)).sum().backward()
+    fabric.backward(model(torch.ones(2)).sum())
+    assert model.weight.grad is not None

@@ -56,6 +56,14 @@ class DoublePrecision(PlainPrecision):
         return False
 
 
+class ScalingPrecision(PlainPrecision):
+    """Changes nothing in a forward but needs ``fabric.backward`` (like a loss scaler)."""
+
+    @property
+    def requires_fabric_backward(self) -> bool:
+        return True
+
+
 class RecordingStrategy:
     def __init__(self, precision: PlainPrecision | None = None) -> None:
         self._precision = precision or PlainPrecision()
@@ -65,6 +73,10 @@ class RecordingStrategy:
     @property
     def precision(self) -> PlainPrecision:
         return self._precision
+
+    @property
+    def requires_fabric_backward(self) -> bool:
+        return self._precision.requires_fabric_backward
 
     @property
     def root_device(self) -> torch.device:
@@ -80,6 +92,20 @@ class RecordingStrategy:
 
     def backward(self, tensor: Tensor, module: Module | None, *args: Any, **kwargs: Any) -> None:
         tensor.backward(*args, **kwargs)
+
+
+class Wrapping(Module):
+    """A stand-in for DistributedDataParallel: holds the model, calls it, and counts the calls
+    (the work DDP does around forward)."""
+
+    def __init__(self, module: Module) -> None:
+        super().__init__()
+        self.module = module
+        self.calls = 0
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        return self.module(*args, **kwargs)
 
 
 @pytest.fixture

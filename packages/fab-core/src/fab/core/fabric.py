@@ -24,7 +24,16 @@ from fab.core.utilities.apply_func import apply_to_tensors
 from fab.core.utilities.rank_zero import rank_zero_only
 from fab.core.utilities.seed import add_worker_init_fn
 from fab.core.utilities.seed import seed_everything as _seed_everything
-from fab.wrappers import FabricDataLoader, FabricModule, FabricOptimizer, is_wrapped, unwrap
+from fab.wrappers import (
+    FabricDataLoader,
+    FabricModule,
+    FabricOptimizer,
+    fabric_backward,
+    is_wrapped,
+    rewrap_compiled,
+    unwrap,
+    unwrap_compiled,
+)
 
 
 class Fabric:
@@ -141,10 +150,12 @@ class Fabric:
         self._check_setup_module(module)
         for optimizer in optimizers:
             self._check_setup_optimizer(optimizer)
-        original = self._prepare_module(module, move_to_device)
+        original, compiled_with = unwrap_compiled(module)
+        original = self._prepare_module(original, move_to_device)
         forward_module, opts = self._strategy.setup_module_and_optimizers(
             original, list(optimizers)
         )
+        forward_module = rewrap_compiled(forward_module, compiled_with)
         wrapped = FabricModule(forward_module, self._strategy, original_module=original)
         fabric_optimizers = [FabricOptimizer(o, self._strategy) for o in opts]
         if not fabric_optimizers:
@@ -155,8 +166,9 @@ class Fabric:
         """Set up a model without optimizers (for inference, or to create the optimizers after
         sharding); set them up with ``setup_optimizers``."""
         self._check_setup_module(module)
-        original = self._prepare_module(module, move_to_device)
-        forward_module = self._strategy.setup_module(original)
+        original, compiled_with = unwrap_compiled(module)
+        original = self._prepare_module(original, move_to_device)
+        forward_module = rewrap_compiled(self._strategy.setup_module(original), compiled_with)
         return FabricModule(forward_module, self._strategy, original_module=original)
 
     def _prepare_module(self, module: Module, move_to_device: bool) -> Module:
@@ -216,7 +228,8 @@ class Fabric:
     ) -> None:
         """``tensor.backward()`` the way the precision and strategy need it (loss scaling, ...)."""
         module = model.module if model is not None else None
-        self._strategy.backward(tensor, module, *args, **kwargs)
+        with fabric_backward():
+            self._strategy.backward(tensor, module, *args, **kwargs)
 
     def clip_gradients(
         self,

@@ -38,16 +38,13 @@ class FabricDataLoader:
         return self._dataloader
 
     def __len__(self) -> int:
+        """The number of batches of one pass; a TypeError for a loader that has no length (one
+        over an ``IterableDataset`` without ``__len__``), as ``len(DataLoader)`` raises."""
         return len(self._dataloader)
 
     def __iter__(self) -> Iterator[Any]:
-        for sampler in (
-            getattr(self._dataloader, "sampler", None),
-            getattr(self._dataloader, "batch_sampler", None),
-        ):
-            set_epoch = getattr(sampler, "set_epoch", None)
-            if callable(set_epoch):
-                set_epoch(self._epoch)
+        for sampler in _samplers(self._dataloader):
+            sampler.set_epoch(self._epoch)
         self._epoch += 1
         if self._device is None:
             yield from self._dataloader
@@ -56,4 +53,29 @@ class FabricDataLoader:
             yield self._strategy.batch_to_device(batch, self._device)
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.__dict__["_dataloader"], name)
+        # Called only for names the wrapper does not have: batch_size, dataset, sampler, ...
+        try:
+            dataloader = self.__dict__["_dataloader"]
+        except KeyError:
+            raise AttributeError(name) from None
+        return getattr(dataloader, name)
+
+    def __repr__(self) -> str:
+        return f"FabricDataLoader({self._dataloader!r}, device={self._device})"
+
+
+def _samplers(dataloader: DataLoader[Any]) -> list[Any]:
+    """The loader's samplers that have ``set_epoch`` (a DistributedSampler, for one), each once."""
+    batch_sampler = getattr(dataloader, "batch_sampler", None)
+    candidates = (
+        getattr(dataloader, "sampler", None),
+        batch_sampler,
+        getattr(batch_sampler, "sampler", None),
+    )
+    found: list[Any] = []
+    for candidate in candidates:
+        if callable(getattr(candidate, "set_epoch", None)) and all(
+            candidate is not seen for seen in found
+        ):
+            found.append(candidate)
+    return found

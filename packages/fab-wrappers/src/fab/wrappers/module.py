@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -9,12 +10,27 @@ import torch
 from torch import Tensor
 from torch.nn import Module, Parameter
 
-from fab.wrappers.protocols import StrategyLike
+from fab.wrappers.backward_guard import BackwardCheck
+from fab.wrappers.compiled import unwrap_compiled
+from fab.wrappers.forward_methods import BOUND_METHOD, call_as_forward, guard_method
+from fab.wrappers.protocols import PrecisionLike, StrategyLike
 
 # Attributes that live on the wrapper itself; everything else is read from and written to the
-# original module.
+# original module. (Module's own bookkeeping, set by Module.__init__, lives on the wrapper too.)
 _OWN_ATTRIBUTES = frozenset(
-    {"_forward_module", "_original_module", "_strategy", "_forward_methods", "_run_forward"}
+    {
+        "_forward_module",
+        "_original_module",
+        "_strategy",
+        "_precision",
+        "_forward_call",
+        "_run_forward",
+        "_backward_check",
+        "_forward_methods",
+        "_converts",
+        "_redirects",
+        "_guards",
+    }
 )
 
 
@@ -22,10 +38,26 @@ class FabricModule(Module):
     """Wraps a model set up by Fabric, transparently.
 
     Calls go to ``forward_module`` (the strategy's wrapper, a DDP module for example, or the model
-    itself); attribute reads and writes, ``state_dict`` and ``named_parameters`` go to the
-    original model, so checkpoints have no wrapper prefixes. A forward does only what the precision
-    needs: under 32-true it is one call.
+    itself); attribute reads and writes, ``state_dict``, ``named_parameters`` and
+    ``named_modules`` go to the original model, so checkpoints have no wrapper prefixes. A call
+    does only what the precision and strategy need: when the precision changes nothing and no
+    ``fabric.backward`` is required, calling the wrapper is calling ``forward_module``.
+
+    A model compiled with ``torch.compile`` may be given as either module: the compiled module is
+    called, and the state dict is the uncompiled model's (no ``_orig_mod.`` prefix).
     """
+
+    _forward_module: Module
+    _original_module: Module
+    _strategy: StrategyLike
+    _precision: PrecisionLike
+    _forward_call: Module
+    _run_forward: Callable[..., Any]
+    _backward_check: BackwardCheck | None
+    _forward_methods: set[str]
+    _converts: bool
+    _redirects: bool
+    _guards: bool
 
     def __init__(
         self,
@@ -34,12 +66,27 @@ class FabricModule(Module):
         original_module: Module | None = None,
     ) -> None:
         super().__init__()
-        self._forward_module = forward_module
-        self._original_module = original_module if original_module is not None else forward_module
-        self._strategy = strategy
-        self._forward_methods: set[str] = set()
-        # A plain attribute (object.__setattr__), so that a module returned by _select_forward is
-        # not registered as a child.
+        original, _ = unwrap_compiled(
+            forward_module if original_module is None else original_module
+        )
+        precision = strategy.precision
+        Module.__setattr__(self, "_forward_module", forward_module)
+        Module.__setattr__(self, "_original_module", original)
+        own = {
+            "_strategy": strategy,
+            "_precision": precision,
+            "_forward_call": forward_module,  # an unregistered alias, read on every call
+            "_forward_methods": set(),
+            "_converts": not precision.forward_is_identity(),
+            # The strategy's wrapper (or torch.compile) stands between the wrapper and the model:
+            # marked methods are routed through it.
+            "_redirects": forward_module is not original,
+            # The strategy itself wraps the model: unmarked methods that run layers are refused.
+            "_guards": unwrap_compiled(forward_module)[0] is not original,
+            "_backward_check": _backward_check(strategy, precision),
+        }
+        for name, value in own.items():
+            object.__setattr__(self, name, value)
         object.__setattr__(self, "_run_forward", self._select_forward())
 
     # -- calling ------------------------------------------------------------------------------
@@ -49,28 +96,47 @@ class FabricModule(Module):
         """The original model, as the user built it."""
         return self._original_module
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # Module.__call__ costs about a microsecond; skip it unless the wrapper itself has hooks
+        # or was compiled in place with Module.compile().
+        if (
+            self._forward_pre_hooks
+            or self._forward_hooks
+            or self._backward_pre_hooks
+            or self._backward_hooks
+            or self._compiled_call_impl is not None
+        ):
+            return Module.__call__(self, *args, **kwargs)
+        return self._run_forward(*args, **kwargs)
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self._run_forward(*args, **kwargs)
 
     def _select_forward(self) -> Callable[..., Any]:
-        precision = self._strategy.precision
-        module = self._forward_module
-        if precision.forward_is_identity():
-            return module
+        if not self._converts and self._backward_check is None:
+            return self._forward_call
+        return self._forward_with_precision
 
-        def precise_forward(*args: Any, **kwargs: Any) -> Any:
+    def _forward_with_precision(self, *args: Any, **kwargs: Any) -> Any:
+        precision = self._precision
+        if not self._converts:
+            output = self._forward_call(*args, **kwargs)
+        else:
             args, kwargs = precision.convert_input((args, kwargs))
             with precision.forward_context():
-                output = module(*args, **kwargs)
-            return precision.convert_output(output)
-
-        return precise_forward
+                output = self._forward_call(*args, **kwargs)
+            output = precision.convert_output(output)
+        check = self._backward_check
+        return output if check is None else check.attach(output)
 
     def mark_forward_method(self, method: str | Callable[..., Any]) -> None:
-        """Mark a method other than ``forward`` that runs the model, so that calling it goes
-        through the strategy's wrapper (DDP, FSDP) like ``forward`` does."""
-        name = _method_name(self._original_module, method)
-        self._forward_methods.add(name)
+        """Mark a method other than ``forward`` that runs the model, so that calling it on this
+        wrapper goes through the strategy's wrapper (DDP, FSDP) like ``forward`` does.
+
+        Takes the method's name or the method itself (``model.mark_forward_method(model.generate)``
+        with ``model`` this wrapper or the original model).
+        """
+        self._forward_methods.add(_method_name(self, self._original_module, method))
 
     # -- transparency -------------------------------------------------------------------------
 
@@ -83,17 +149,50 @@ class FabricModule(Module):
             return buffer.device
         return self._strategy.root_device
 
+    @property
+    def training(self) -> bool:
+        """The original model's mode (``train()`` and ``eval()`` set it on every module)."""
+        original = self.__dict__.get("_modules", {}).get("_original_module")
+        return True if original is None else bool(original.training)
+
+    @training.setter
+    def training(self, mode: bool) -> None:
+        original = self.__dict__.get("_modules", {}).get("_original_module")
+        if original is not None:  # Module.__init__ sets the default before there is an original
+            original.training = mode
+
     def __getattr__(self, name: str) -> Any:
-        if name in _OWN_ATTRIBUTES:
+        modules = self.__dict__.get("_modules")
+        if name in _OWN_ATTRIBUTES or modules is None or "_original_module" not in modules:
             return super().__getattr__(name)
-        original = super().__getattr__("_original_module")
-        return getattr(original, name)
+        original: Module = modules["_original_module"]
+        attr = getattr(original, name)
+        if not self._redirects or not inspect.ismethod(attr) or attr.__self__ is not original:
+            return attr
+        if name in self._forward_methods:
+            return call_as_forward(original, self._run_forward, attr)
+        if self._guards:
+            return guard_method(original, name, attr, type(self._forward_call).__name__)
+        return attr
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in _OWN_ATTRIBUTES or "_original_module" not in self._modules:
+        if name in _OWN_ATTRIBUTES or name in self.__dict__ or not self._has_original():
             super().__setattr__(name, value)
         else:
             setattr(self._original_module, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        if name in _OWN_ATTRIBUTES or name in self.__dict__ or not self._has_original():
+            super().__delattr__(name)
+        else:
+            delattr(self._original_module, name)
+
+    def _has_original(self) -> bool:
+        return "_original_module" in self.__dict__.get("_modules", {})
+
+    def __dir__(self) -> list[str]:
+        own = super().__dir__()  # type: ignore[no-untyped-call]
+        return sorted(set(own) | set(dir(self._original_module)))
 
     def state_dict(self, *args: Any, **kwargs: Any) -> Any:
         return self._original_module.state_dict(*args, **kwargs)
@@ -113,25 +212,46 @@ class FabricModule(Module):
     ) -> Iterator[tuple[str, Tensor]]:
         return self._original_module.named_buffers(prefix, recurse, remove_duplicate)
 
+    def named_modules(
+        self, memo: set[Module] | None = None, prefix: str = "", remove_duplicate: bool = True
+    ) -> Iterator[tuple[str, Module]]:
+        yield from self._original_module.named_modules(memo, prefix, remove_duplicate)
+
     def __repr__(self) -> str:
         return f"FabricModule({self._original_module!r})"
 
 
-def _method_name(module: Module, method: str | Callable[..., Any]) -> str:
+def _backward_check(strategy: StrategyLike, precision: PrecisionLike) -> BackwardCheck | None:
+    """A check on forward outputs when ``loss.backward()`` would be wrong, else None."""
+    if precision.requires_fabric_backward:
+        return BackwardCheck(f"the precision {type(precision).__name__}")
+    if strategy.requires_fabric_backward:
+        return BackwardCheck(f"the strategy {type(strategy).__name__}")
+    return None
+
+
+def _method_name(wrapper: Module, original: Module, method: str | Callable[..., Any]) -> str:
     if isinstance(method, str):
         name = method
     else:
-        name = getattr(method, "__name__", "")
-        if getattr(method, "__self__", None) is None or not name:
+        bound = getattr(method, BOUND_METHOD, method)  # what wrapper.generate returned
+        name = getattr(bound, "__name__", "")
+        owner = getattr(bound, "__self__", None)
+        if owner is None or not name:
             raise TypeError(
                 "mark_forward_method takes a method name or a bound method of the model, "
                 f"got {method!r}"
+            )
+        if owner is not original and owner is not wrapper:
+            raise ValueError(
+                f"{name} is a method of a {type(owner).__name__}, not of the model this "
+                f"wrapper holds ({type(original).__name__})"
             )
     if name == "forward":
         raise ValueError(
             "forward is the model's forward already; mark other methods, like generate"
         )
-    attr = getattr(module, name, None)
-    if attr is None or not callable(attr) or not hasattr(type(module), name):
-        raise AttributeError(f"{type(module).__name__} has no method {name!r} to mark")
+    attr = getattr(original, name, None)
+    if attr is None or not callable(attr) or not hasattr(type(original), name):
+        raise AttributeError(f"{type(original).__name__} has no method {name!r} to mark")
     return name

@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from torch import Tensor
 from torch.optim import Optimizer
 
 from fab.wrappers.protocols import StrategyLike
 
+if TYPE_CHECKING:
+    # Every instance is an Optimizer (of a subclass made for the wrapped optimizer's class, see
+    # _wrapper_class), so type checkers see one; at run time the class is swapped in __init__.
+    _OptimizerBase = Optimizer
+else:
+    _OptimizerBase = object
 
-class FabricOptimizer:
+
+class FabricOptimizer(_OptimizerBase):
     """Wraps an optimizer so that ``step()`` goes through the strategy and precision.
 
-    The wrapper is an instance of the optimizer's own class (a subclass made for it, so
-    ``isinstance(wrapped, torch.optim.AdamW)`` holds) and shares its ``param_groups``, ``state``
-    and ``defaults``, so learning-rate schedulers and code that edits ``param_groups`` act on the
-    real optimizer.
+    The wrapper is an instance of the optimizer's own class (of a subclass made for it, so
+    ``isinstance(wrapped, torch.optim.AdamW)`` holds and learning-rate schedulers accept it).
+    ``param_groups``, ``state`` and ``defaults`` are the real optimizer's, read and written
+    through, and every other attribute the wrapper does not set itself is read from the real
+    optimizer: schedulers and code that edits ``param_groups`` act on the real optimizer, and a
+    scheduler's step counting (it replaces ``step`` on the object it is given) works on the
+    wrapper.
     """
 
     _optimizer: Optimizer
@@ -27,22 +39,22 @@ class FabricOptimizer:
             raise TypeError("this optimizer is already set up by Fabric; set up the original once")
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
-        # Share the optimizer's attributes (param_groups, state, defaults are the same objects).
-        self.__dict__ = {
-            k: v for k, v in optimizer.__dict__.items() if k not in ("step", "zero_grad")
-        }
         self.__class__ = _wrapper_class(type(optimizer))
-        self._optimizer = optimizer
-        self._strategy = strategy
+        self.__dict__["_optimizer"] = optimizer
+        self.__dict__["_strategy"] = strategy
 
     @property
     def optimizer(self) -> Optimizer:
         """The original optimizer."""
         return self._optimizer
 
+    # -- what goes through the strategy ---------------------------------------------------------
+
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         kwargs = {} if closure is None else {"closure": closure}
         return self._strategy.optimizer_step(self._optimizer, **kwargs)
+
+    # -- what the real optimizer does -----------------------------------------------------------
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self._optimizer.zero_grad(set_to_none=set_to_none)
@@ -52,10 +64,46 @@ class FabricOptimizer:
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._optimizer.load_state_dict(state_dict)
-        # load_state_dict may replace state and param_groups: share the new objects.
-        self.__dict__.update(
-            {k: v for k, v in self._optimizer.__dict__.items() if k not in ("step", "zero_grad")}
-        )
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        self._optimizer.add_param_group(param_group)
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self._optimizer.param_groups
+
+    @param_groups.setter
+    def param_groups(self, value: list[dict[str, Any]]) -> None:
+        self._optimizer.param_groups = value
+
+    @property
+    def state(self) -> defaultdict[Tensor, Any]:
+        return self._optimizer.state
+
+    @state.setter
+    def state(self, value: defaultdict[Tensor, Any]) -> None:
+        self._optimizer.state = value
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        return self._optimizer.defaults
+
+    @defaults.setter
+    def defaults(self, value: dict[str, Any]) -> None:
+        self._optimizer.defaults = value
+
+    def __getattr__(self, name: str) -> Any:
+        # Called only for names the wrapper does not have: hook registries, `_opt_called`, ...
+        try:
+            optimizer = self.__dict__["_optimizer"]
+        except KeyError:
+            raise AttributeError(name) from None
+        return getattr(optimizer, name)
+
+    def __reduce__(self) -> tuple[type[FabricOptimizer], tuple[Optimizer, StrategyLike]]:
+        # Copies and pickles wrap a copy of the real optimizer again (the generated subclass is
+        # made anew), instead of running Optimizer.__setstate__ on the wrapper.
+        return (FabricOptimizer, (self._optimizer, self._strategy))
 
     def __repr__(self) -> str:
         return f"FabricOptimizer({self._optimizer!r})"

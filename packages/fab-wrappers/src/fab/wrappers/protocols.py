@@ -22,10 +22,15 @@ class PrecisionLike(Protocol):
 
     def convert_output(self, data: Any) -> Any: ...
 
-    def forward_is_identity(self) -> bool: ...
+    def forward_is_identity(self) -> bool:
+        """True when a forward needs no context and no conversion: the wrapper then calls the
+        model directly."""
+        ...
 
     @property
-    def requires_fabric_backward(self) -> bool: ...
+    def requires_fabric_backward(self) -> bool:
+        """True when ``loss.backward()`` would be wrong and ``fabric.backward(loss)`` is needed."""
+        ...
 
 
 class StrategyLike(Protocol):
@@ -34,6 +39,11 @@ class StrategyLike(Protocol):
 
     @property
     def root_device(self) -> torch.device: ...
+
+    @property
+    def requires_fabric_backward(self) -> bool:
+        """True when the strategy (or its precision) needs ``fabric.backward(loss)``."""
+        ...
 
     def optimizer_step(self, optimizer: Optimizer, **kwargs: Any) -> Any: ...
 

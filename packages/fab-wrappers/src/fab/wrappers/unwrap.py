@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
+from fab.wrappers.compiled import unwrap_compiled
 from fab.wrappers.dataloader import FabricDataLoader
 from fab.wrappers.module import FabricModule
 from fab.wrappers.optimizer import FabricOptimizer
@@ -14,15 +17,19 @@ _WRAPPERS = (FabricModule, FabricOptimizer, FabricDataLoader)
 def is_wrapped(obj: object) -> bool:
     """Whether ``obj`` was set up by Fabric (a FabricModule, FabricOptimizer or FabricDataLoader),
     also when it was compiled with ``torch.compile`` after setup."""
-    inner = getattr(obj, "_orig_mod", None)  # torch.compile's OptimizedModule
-    return isinstance(obj, _WRAPPERS) or isinstance(inner, _WRAPPERS)
+    if isinstance(obj, _WRAPPERS):
+        return True
+    if isinstance(obj, torch.nn.Module):
+        return isinstance(unwrap_compiled(obj)[0], FabricModule)
+    return False
 
 
 def unwrap(obj: Any) -> Any:
-    """The object Fabric was given: the original model, optimizer or data loader."""
-    inner = getattr(obj, "_orig_mod", None)
-    if isinstance(inner, FabricModule):
-        return inner.module
+    """The plain object under Fabric's wrappers: the original model (also without a
+    ``torch.compile`` layer, before or after setup), optimizer or data loader. Anything else
+    comes back as it is."""
+    if isinstance(obj, torch.nn.Module):
+        obj = unwrap_compiled(obj)[0]
     if isinstance(obj, FabricModule):
         return obj.module
     if isinstance(obj, FabricOptimizer):
