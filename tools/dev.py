@@ -761,6 +761,23 @@ def cmd_train(opts: argparse.Namespace) -> int:
         return run(cmd, timeout=T_TRAIN, log=log, venv=dev)
 
 
+def cmd_bench(opts: argparse.Namespace) -> int:
+    """Build .venvs/bench (every package editable, lightning-fabric and accelerate from PyPI, the
+    shared torch, checked not to be replaced) and run tools/bench/run.py ARGS in it. To rebuild
+    it, delete .venvs/bench (--fresh would rebuild the torch venv that every other one shares)."""
+    session = Session(fresh=False, packages=discover_packages())
+    packages = list(session.packages.values())
+    extras = ["lightning-fabric", "accelerate"]
+    venv = ensure_layered_venv(session, "bench", VENVS / "bench", packages, [], extras)
+    if venv is None:
+        return summarize(session.results)
+    args = opts.args[1:] if opts.args[:1] == ["--"] else opts.args
+    cmd = [venv_python(venv), rel(TOOLS / "bench" / "run.py"), *args]
+    print(f"\n$ {' '.join(map(str, cmd))}", flush=True)
+    with (LOG_DIR / "bench.log").open("w", encoding="utf-8") as log:
+        return run(cmd, timeout=T_TRAIN, log=log, venv=venv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     raw = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(prog="tools/dev.py", description=__doc__, formatter_class=raw)
@@ -801,6 +818,14 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     train.set_defaults(func=cmd_train, args=[])
+
+    bench = commands.add_parser(
+        "bench",
+        help="benchmark fab beside raw PyTorch, Lightning Fabric and Accelerate",
+        description="Builds .venvs/bench, then runs tools/bench/run.py with the ARGS after --.",
+    )
+    bench.add_argument("args", nargs="*", metavar="-- ARGS", help="arguments for run.py, after --")
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 
