@@ -16,6 +16,8 @@ from fab.core.utilities import apply_to_tensors
 def convert_floating(data: Any, dtype: torch.dtype) -> Any:
     """``data`` with every floating-point tensor in it (nested collections included) cast to
     ``dtype``; integer, boolean and complex tensors and everything else are left as they are."""
+    if type(data) is Tensor:  # the common case (a model's output), without the walk
+        return data.to(dtype) if data.is_floating_point() and data.dtype != dtype else data
 
     def convert(tensor: Tensor) -> Tensor:
         if tensor.is_floating_point() and tensor.dtype != dtype:

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+_LEAVES = frozenset({int, float, bool, str, bytes, complex, type(None)})
+
 
 def apply_to_tensors(data: Any, function: Callable[[Tensor], Any]) -> Any:
     """Return ``data`` with ``function`` applied to every tensor in it.
@@ -16,6 +18,16 @@ def apply_to_tensors(data: Any, function: Callable[[Tensor], Any]) -> Any:
     Walks dicts (and other mappings), lists, tuples, namedtuples, sets and dataclass instances;
     everything else is returned as is.
     """
+    # Exact types first: this runs on every forward of a converting precision.
+    cls = type(data)
+    if cls is Tensor:
+        return function(data)
+    if cls is tuple or cls is list:
+        return cls(apply_to_tensors(v, function) for v in data)
+    if cls is dict:
+        return {k: apply_to_tensors(v, function) for k, v in data.items()}
+    if cls in _LEAVES:
+        return data
     if isinstance(data, Tensor):
         return function(data)
     if isinstance(data, Mapping):
