@@ -41,7 +41,7 @@ from torch.optim import LBFGS, Optimizer
 
 from fab.core.precision import Precision
 from fab.core.utilities import apply_to_tensors
-from fab.precision._utils import convert_floating
+from fab.precision._utils import FLOAT_CASTS, convert_floating
 
 MixedName = Literal["16-mixed", "bf16-mixed"]
 _DTYPES: dict[str, torch.dtype] = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
@@ -119,7 +119,11 @@ class MixedPrecision(Precision):
         return data
 
     def convert_output(self, data: Any) -> Any:
-        return convert_floating(data, torch.get_default_dtype())
+        default = torch.get_default_dtype()
+        if type(data) is Tensor and data.dtype is self.dtype:  # the common case, without a walk
+            cast = FLOAT_CASTS.get(default)
+            return cast(data) if cast is not None else data.to(default)
+        return convert_floating(data, default)
 
     def _settle_device(self, data: Any) -> None:
         found: list[str] = []
@@ -202,13 +206,18 @@ class _ReusableAutocast(torch.autocast):
 
     def __enter__(self) -> None:
         self.in_use = True
-        super().__enter__()  # type: ignore[no-untyped-call]
+        _autocast_enter(self)
 
     def __exit__(self, *exc: Any) -> None:
         try:
-            super().__exit__(*exc)
+            _autocast_exit(self, *exc)
         finally:
             self.in_use = False
+
+
+# Called directly: a super() call costs more than the rest of the bookkeeping.
+_autocast_enter = torch.autocast.__enter__
+_autocast_exit = torch.autocast.__exit__
 
 
 def float16_mixed() -> MixedPrecision:
