@@ -206,7 +206,7 @@ class _ReusableAutocast(torch.autocast):
 
     def __enter__(self) -> None:
         self.in_use = True
-        _autocast_enter(self)
+        _autocast_enter(self)  # type: ignore[no-untyped-call]
 
     def __exit__(self, *exc: Any) -> None:
         try:
