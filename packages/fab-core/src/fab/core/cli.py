@@ -16,22 +16,11 @@ from importlib import metadata
 
 from fab.core import registry
 
-#: The first-party distributions, in layer order, for ``fab --version``.
-_FAB_PACKAGES = (
-    "fab-core",
-    "fab-wrappers",
-    "fab-lazy",
-    "fab-accelerators",
-    "fab-strategies",
-    "fab-precision",
-    "fab-loggers",
-)
-
 
 def installed_versions() -> dict[str, str | None]:
     """Every first-party fab package and its installed version (None: not installed)."""
     versions: dict[str, str | None] = {}
-    for name in _FAB_PACKAGES:
+    for name in registry.FAB_PACKAGES:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

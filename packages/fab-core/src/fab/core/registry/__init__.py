@@ -36,6 +36,7 @@ from fab.core.registry.errors import (
 from fab.core.registry.groups import (
     DISABLE_AUTOLOAD_ENV,
     DISABLED_PLUGINS_ENV,
+    FAB_PACKAGES,
     FIRST_PARTY_DISTRIBUTIONS,
     GROUPS,
     KNOWN_PROVIDERS,
@@ -49,6 +50,7 @@ __all__ = [
     "DISABLED_PLUGINS_ENV",
     "DISABLE_AUTOLOAD_ENV",
     "ENVIRONMENTS",
+    "FAB_PACKAGES",
     "FIRST_PARTY_DISTRIBUTIONS",
     "GROUPS",
     "KNOWN_PROVIDERS",

@@ -9,19 +9,19 @@ from dataclasses import dataclass
 DISABLE_AUTOLOAD_ENV = "FAB_DISABLE_PLUGIN_AUTOLOAD"
 DISABLED_PLUGINS_ENV = "FAB_DISABLED_PLUGINS"
 
+#: fab's own distributions, in layer order.
+FAB_PACKAGES = (
+    "fab-core",
+    "fab-wrappers",
+    "fab-lazy",
+    "fab-accelerators",
+    "fab-strategies",
+    "fab-precision",
+    "fab-loggers",
+)
 #: Distributions whose entry points win a name collision, and which stay loaded when third-party
 #: autoloading is switched off.
-FIRST_PARTY_DISTRIBUTIONS = frozenset(
-    {
-        "fab-core",
-        "fab-wrappers",
-        "fab-lazy",
-        "fab-accelerators",
-        "fab-strategies",
-        "fab-precision",
-        "fab-loggers",
-    }
-)
+FIRST_PARTY_DISTRIBUTIONS = frozenset(FAB_PACKAGES)
 
 #: Names that a first-party package provides, so that asking for one of them without that package
 #: installed says what to install. Names only: nothing here is imported.
