@@ -654,7 +654,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--import-reps", type=int, default=20, help="interpreters per framework")
     parser.add_argument("--forward-rounds", type=int, default=30, help="forward repetitions")
-    parser.add_argument("--train-rounds", type=int, default=20, help="training repetitions")
+    parser.add_argument("--train-rounds", type=int, default=60, help="training repetitions")
     return parser
 
 
