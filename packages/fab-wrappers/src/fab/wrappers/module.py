@@ -146,7 +146,7 @@ class FabricModule(Module):
         return {k: v for k, v in self.__dict__.items() if k != "_run_forward"}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
+        super().__setstate__(state)  # type: ignore[no-untyped-call]
         object.__setattr__(self, "_run_forward", self._select_forward())
 
     def mark_forward_method(self, method: str | Callable[..., Any]) -> None:
