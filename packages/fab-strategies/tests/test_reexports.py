@@ -8,23 +8,44 @@ import sys
 
 import fab.strategies
 
+CORE_NAMES = {
+    "ClusterEnvironment": "fab.core.environments",
+    "Launcher": "fab.core.launchers",
+    "SingleDeviceStrategy": "fab.core.strategies",
+    "Strategy": "fab.core.strategies",
+}
+ENVIRONMENT_NAMES = [
+    "FabEnvironment",
+    "KubeflowEnvironment",
+    "LSFEnvironment",
+    "MPIEnvironment",
+    "SLURMEnvironment",
+    "TorchElasticEnvironment",
+    "detect_environment",
+]
+
 
 def test_public_names_are_fab_cores_objects() -> None:
-    for name, core_module in {
-        "ClusterEnvironment": "fab.core.environments",
-        "Launcher": "fab.core.launchers",
-        "SingleDeviceStrategy": "fab.core.strategies",
-        "Strategy": "fab.core.strategies",
-    }.items():
+    for name, core_module in CORE_NAMES.items():
         assert getattr(fab.strategies, name) is getattr(importlib.import_module(core_module), name)
-    assert sorted(fab.strategies.__all__) == sorted(
-        {
-            "ClusterEnvironment": "fab.core.environments",
-            "Launcher": "fab.core.launchers",
-            "SingleDeviceStrategy": "fab.core.strategies",
-            "Strategy": "fab.core.strategies",
-        }
+    assert sorted(fab.strategies.__all__) == sorted([*CORE_NAMES, *ENVIRONMENT_NAMES])
+
+
+def test_environments_are_exported() -> None:
+    import fab.strategies.environments as environments
+
+    for name in ENVIRONMENT_NAMES:
+        assert getattr(fab.strategies, name) is getattr(environments, name)
+    assert sorted(environments.__all__) == sorted(
+        [
+            *ENVIRONMENT_NAMES,
+            "ClusterEnvironment",
+            "FAB_LAUNCHED_ENV",
+            "expand_hostlist",
+            "find_free_port",
+        ]
     )
+    assert environments.ClusterEnvironment is fab.strategies.ClusterEnvironment
 
 
 def test_fab_core_does_not_import_this_package() -> None:

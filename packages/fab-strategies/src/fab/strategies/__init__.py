@@ -1,9 +1,31 @@
 """Strategies for fab: the base class and single_device fallback (from fab-core) under the names
-users know. Multi-process and sharded strategies, launchers and cluster environments are registered
-here through the ``fab.strategies`` and ``fab.environments`` entry points."""
+users know, and the cluster environments. Multi-process and sharded strategies, launchers and
+cluster environments are registered here through the ``fab.strategies`` and ``fab.environments``
+entry points."""
 
 from fab.core.environments import ClusterEnvironment
 from fab.core.launchers import Launcher
 from fab.core.strategies import SingleDeviceStrategy, Strategy
+from fab.strategies.environments import (
+    FabEnvironment,
+    KubeflowEnvironment,
+    LSFEnvironment,
+    MPIEnvironment,
+    SLURMEnvironment,
+    TorchElasticEnvironment,
+    detect_environment,
+)
 
-__all__ = ["ClusterEnvironment", "Launcher", "SingleDeviceStrategy", "Strategy"]
+__all__ = [
+    "ClusterEnvironment",
+    "FabEnvironment",
+    "KubeflowEnvironment",
+    "LSFEnvironment",
+    "Launcher",
+    "MPIEnvironment",
+    "SLURMEnvironment",
+    "SingleDeviceStrategy",
+    "Strategy",
+    "TorchElasticEnvironment",
+    "detect_environment",
+]
