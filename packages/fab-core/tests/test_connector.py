@@ -88,7 +88,20 @@ def test_bad_cpu_devices_explain_what_is_accepted(devices: object) -> None:
         connect(devices=devices)
 
 
-def test_several_devices_without_fab_strategies_say_what_to_install() -> None:
+def test_several_devices_without_fab_strategies_say_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As if fab-strategies were not installed (it is, in the development environment).
+    names = (
+        "ddp",
+        "dp",
+        "ddp_spawn",
+        "ddp_fork",
+        "ddp_notebook",
+        "ddp_find_unused_parameters_true",
+    )
+    monkeypatch.setenv("FAB_DISABLED_PLUGINS", ",".join(f"strategies:{n}" for n in names))
+    registry.refresh()
     with pytest.raises(ValueError, match="'ddp', is provided by fab-strategies"):
         connect(devices=2)
 

@@ -226,7 +226,18 @@ def test_register_validates_the_base_class() -> None:
     assert "odd" not in registry.STRATEGIES.names()
 
 
-def test_unknown_name_lists_installed_and_suggests() -> None:
+def test_unknown_name_lists_installed_and_suggests(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As if fab-strategies were not installed (it is, in the development environment).
+    names = (
+        "ddp",
+        "dp",
+        "ddp_spawn",
+        "ddp_fork",
+        "ddp_notebook",
+        "ddp_find_unused_parameters_true",
+    )
+    monkeypatch.setenv("FAB_DISABLED_PLUGINS", ",".join(f"strategies:{n}" for n in names))
+    registry.refresh()
     with pytest.raises(
         registry.PluginNotFoundError,
         match=r"unknown strategy 'singel_device'\. Installed: .*'single_device'.* "

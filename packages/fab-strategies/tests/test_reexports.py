@@ -23,12 +23,25 @@ ENVIRONMENT_NAMES = [
     "TorchElasticEnvironment",
     "detect_environment",
 ]
+STRATEGY_NAMES = ["DDPStrategy", "MultiProcessingLauncher", "ParallelStrategy"]
 
 
 def test_public_names_are_fab_cores_objects() -> None:
     for name, core_module in CORE_NAMES.items():
         assert getattr(fab.strategies, name) is getattr(importlib.import_module(core_module), name)
-    assert sorted(fab.strategies.__all__) == sorted([*CORE_NAMES, *ENVIRONMENT_NAMES])
+    assert sorted(fab.strategies.__all__) == sorted(
+        [*CORE_NAMES, *ENVIRONMENT_NAMES, *STRATEGY_NAMES]
+    )
+
+
+def test_strategies_are_exported() -> None:
+    from fab.strategies.ddp import DDPStrategy
+    from fab.strategies.launchers import MultiProcessingLauncher
+    from fab.strategies.parallel import ParallelStrategy
+
+    assert fab.strategies.DDPStrategy is DDPStrategy
+    assert fab.strategies.ParallelStrategy is ParallelStrategy
+    assert fab.strategies.MultiProcessingLauncher is MultiProcessingLauncher
 
 
 def test_environments_are_exported() -> None:

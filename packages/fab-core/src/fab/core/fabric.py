@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import warnings
 from collections.abc import Callable, Generator, Iterable, Mapping
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -126,16 +126,22 @@ class Fabric:
         if function is not None and not callable(function):
             raise TypeError(f"launch takes a function, got {function!r}")
         launcher = self._strategy.launcher
-
-        def run_in_process() -> Any:
-            self._strategy.setup_environment()
-            self._launched = True
-            rank_zero_only.rank = self.global_rank  # type: ignore[attr-defined]
-            return function(self, *args, **kwargs) if function is not None else None
-
         if launcher is None:
-            return run_in_process()
-        return launcher.launch(run_in_process)
+            return self._run_in_process(function, args, kwargs)
+        # A bound method, not a closure: a launcher that spawns processes pickles it.
+        return launcher.launch(self._run_in_process, function, args, kwargs)
+
+    def _run_in_process(
+        self,
+        function: Callable[..., Any] | None,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        """Prepare this process, then call ``function(self, *args, **kwargs)``."""
+        self._strategy.setup_environment()
+        self._launched = True
+        rank_zero_only.rank = self.global_rank  # type: ignore[attr-defined]
+        return function(self, *args, **kwargs) if function is not None else None
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         """Override in a subclass; ``launch()`` without a function then calls it."""
@@ -201,7 +207,9 @@ class Fabric:
                 raise ValueError("this DataLoader is already set up by Fabric")
             if not isinstance(loader, DataLoader):
                 raise TypeError(f"setup_dataloaders takes DataLoaders, got {type(loader).__name__}")
-            processed = self._strategy.process_dataloader(loader)
+            processed = self._strategy.process_dataloader(
+                loader, use_distributed_sampler=use_distributed_sampler
+            )
             add_worker_init_fn(processed, self.global_rank)
             device = self.device if move_to_device else None
             wrapped.append(FabricDataLoader(processed, self._strategy, device))
@@ -320,7 +328,7 @@ class Fabric:
         there is nothing to skip."""
         if not isinstance(module, FabricModule):
             raise TypeError("no_backward_sync takes the model returned by fabric.setup")
-        return nullcontext()
+        return self._strategy.no_backward_sync(module._forward_module, enabled)
 
     # -- checkpoints ----------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ entry points."""
 from fab.core.environments import ClusterEnvironment
 from fab.core.launchers import Launcher
 from fab.core.strategies import SingleDeviceStrategy, Strategy
+from fab.strategies.ddp import DDPStrategy
 from fab.strategies.environments import (
     FabEnvironment,
     KubeflowEnvironment,
@@ -15,14 +16,19 @@ from fab.strategies.environments import (
     TorchElasticEnvironment,
     detect_environment,
 )
+from fab.strategies.launchers import MultiProcessingLauncher
+from fab.strategies.parallel import ParallelStrategy
 
 __all__ = [
     "ClusterEnvironment",
+    "DDPStrategy",
     "FabEnvironment",
     "KubeflowEnvironment",
     "LSFEnvironment",
     "Launcher",
     "MPIEnvironment",
+    "MultiProcessingLauncher",
+    "ParallelStrategy",
     "SLURMEnvironment",
     "SingleDeviceStrategy",
     "Strategy",

@@ -212,9 +212,18 @@ class Strategy(ABC):
         stack.enter_context(self.precision.tensor_init_context())
         return stack
 
-    def process_dataloader(self, dataloader: DataLoader[Any]) -> DataLoader[Any]:
-        """Return the loader to iterate (a distributed strategy may re-create it)."""
+    def process_dataloader(
+        self, dataloader: DataLoader[Any], use_distributed_sampler: bool = True
+    ) -> DataLoader[Any]:
+        """Return the loader to iterate (a distributed strategy may re-create it, with a
+        DistributedSampler when ``use_distributed_sampler``)."""
         return dataloader
+
+    def no_backward_sync(self, module: Module, enabled: bool = True) -> AbstractContextManager[Any]:
+        """Inside the block, backward does not synchronize gradients across processes (gradient
+        accumulation). ``module`` is what ``setup_module`` returned. Nothing to skip on one
+        process."""
+        return nullcontext()
 
     def batch_to_device(self, batch: Any, device: torch.device | None = None) -> Any:
         return move_data_to_device(batch, device if device is not None else self.root_device)

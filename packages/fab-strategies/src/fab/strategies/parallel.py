@@ -1,0 +1,165 @@
+"""ParallelStrategy: the base of every strategy whose processes talk over torch.distributed."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from fab.core.accelerators.accelerator import Accelerator
+from fab.core.environments import ClusterEnvironment
+from fab.core.io.checkpoint_io import CheckpointIO
+from fab.core.precision.precision import Precision
+from fab.core.strategies.strategy import ReduceOp, Strategy, StrategyContext
+from fab.strategies.environments.detect import detect_environment
+
+_REDUCE_OPS = {
+    "sum": dist.ReduceOp.SUM,
+    "max": dist.ReduceOp.MAX,
+    "min": dist.ReduceOp.MIN,
+}
+
+
+class ParallelStrategy(Strategy):
+    """Several processes, one per device, whose ranks come from a cluster environment.
+
+    The environment is the one given in ``Fabric(plugins=...)``, else the one
+    :func:`~fab.strategies.detect_environment` finds (fab's own when no scheduler is detected).
+    Collectives use the default process group unless a ``group`` is given; before the group exists
+    (or in a world of one process) they behave as on a single process.
+    """
+
+    def __init__(
+        self,
+        accelerator: Accelerator | None = None,
+        parallel_devices: list[torch.device] | None = None,
+        cluster_environment: ClusterEnvironment | None = None,
+        checkpoint_io: CheckpointIO | None = None,
+        precision: Precision | None = None,
+    ) -> None:
+        super().__init__(accelerator=accelerator, checkpoint_io=checkpoint_io, precision=precision)
+        self.parallel_devices = list(parallel_devices) if parallel_devices is not None else None
+        self._cluster_environment = cluster_environment
+        self.num_nodes = 1
+
+    def connect(self, context: StrategyContext) -> None:
+        super().connect(context)
+        if self.parallel_devices is None:
+            self.parallel_devices = list(context.parallel_devices)
+        self.num_nodes = context.num_nodes
+        if self._cluster_environment is None:
+            self._cluster_environment = context.cluster_environment or detect_environment()
+        self._cluster_environment.validate_settings(self.num_processes, self.num_nodes)
+
+    @property
+    def cluster_environment(self) -> ClusterEnvironment:
+        if self._cluster_environment is None:
+            self._cluster_environment = detect_environment()
+        return self._cluster_environment
+
+    @cluster_environment.setter
+    def cluster_environment(self, environment: ClusterEnvironment) -> None:
+        self._cluster_environment = environment
+
+    @property
+    def num_processes(self) -> int:
+        """Processes per node: one per device."""
+        return len(self.parallel_devices) if self.parallel_devices else 1
+
+    @property
+    def root_device(self) -> torch.device:
+        devices = self.parallel_devices or [torch.device("cpu")]
+        return devices[self.local_rank % len(devices)]
+
+    @property
+    def world_size(self) -> int:
+        return self.cluster_environment.world_size()
+
+    @property
+    def global_rank(self) -> int:
+        return self.cluster_environment.global_rank()
+
+    @property
+    def local_rank(self) -> int:
+        return self.cluster_environment.local_rank()
+
+    @property
+    def node_rank(self) -> int:
+        return self.cluster_environment.node_rank()
+
+    @property
+    def distributed_sampler_kwargs(self) -> dict[str, Any] | None:
+        return {"num_replicas": self.world_size, "rank": self.global_rank}
+
+    # -- collectives ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _distributed() -> bool:
+        return dist.is_available() and dist.is_initialized()
+
+    def all_gather(
+        self, tensor: Tensor, group: Any | None = None, sync_grads: bool = False
+    ) -> Tensor:
+        if not self._distributed():
+            return tensor.unsqueeze(0)
+        group = group if group is not None else dist.group.WORLD
+        if sync_grads:
+            from torch.distributed.nn.functional import all_gather as differentiable_all_gather
+
+            with warnings.catch_warnings():  # deprecated for DTensor users; right for a tensor
+                warnings.simplefilter("ignore", FutureWarning)
+                gathered = differentiable_all_gather(  # type: ignore[no-untyped-call]
+                    tensor.contiguous(), group=group
+                )
+            return torch.stack(list(gathered))
+        size = dist.get_world_size(group)
+        parts = [torch.empty_like(tensor).contiguous() for _ in range(size)]
+        with torch.no_grad():
+            dist.all_gather(parts, tensor.contiguous(), group=group)
+        return torch.stack(parts)
+
+    def all_reduce(
+        self, tensor: Tensor, group: Any | None = None, reduce_op: ReduceOp = "mean"
+    ) -> Tensor:
+        if reduce_op not in ("mean", "sum", "max", "min"):
+            raise ValueError(f"reduce_op={reduce_op!r}; accepted: 'mean', 'sum', 'max', 'min'")
+        if not self._distributed():
+            return tensor
+        group = group if group is not None else dist.group.WORLD
+        op = dist.ReduceOp.SUM if reduce_op == "mean" else _REDUCE_OPS[reduce_op]
+        dist.all_reduce(tensor, op=op, group=group)
+        if reduce_op == "mean":
+            size = dist.get_world_size(group)
+            if tensor.is_floating_point() or tensor.is_complex():
+                tensor.div_(size)
+            else:  # an integer tensor cannot hold the mean in place
+                tensor = tensor / size
+        return tensor
+
+    def barrier(self, name: str | None = None) -> None:
+        if not self._distributed():
+            return
+        if dist.get_backend() == "nccl" and torch.cuda.is_available():
+            dist.barrier(device_ids=[self.root_device.index or 0])
+        else:
+            dist.barrier()
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        if not self._distributed():
+            if src != 0:
+                raise ValueError(f"src={src}, but the only process has rank 0")
+            return obj
+        holder = [obj]
+        dist.broadcast_object_list(holder, src=src)
+        return holder[0]
+
+    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
+        if not self._distributed():
+            return decision
+        votes = torch.tensor(int(decision), device=self.root_device)
+        votes = self.all_reduce(votes, reduce_op="sum")
+        count = int(votes.item())
+        return count == self.world_size if all else count > 0

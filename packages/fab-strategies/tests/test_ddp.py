@@ -1,0 +1,291 @@
+"""DDP for real: two processes over gloo on the CPU, started by ``ddp_spawn``.
+
+Every function given to ``launch`` is at module level (spawn pickles it). Each test is bounded
+by a timeout and checks that no child process is left behind.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset
+
+from fab.core import Fabric
+from fab.strategies import DDPStrategy, FabEnvironment, MultiProcessingLauncher
+from fab.strategies.launchers import LaunchError
+
+pytestmark = [pytest.mark.distributed, pytest.mark.timeout(120)]
+
+
+#: Helpers multiprocessing starts once and keeps for the life of the interpreter (not ours).
+_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
+
+
+def _children() -> set[int]:
+    """The pids of this process's living children (psutil when installed, else /proc), without
+    multiprocessing's own long-lived helpers."""
+    try:
+        import psutil
+    except ImportError:
+        psutil = None
+    found: dict[int, str] = {}
+    if psutil is not None:
+        for child in psutil.Process().children(recursive=True):
+            try:
+                if child.status() != psutil.STATUS_ZOMBIE:
+                    found[child.pid] = " ".join(child.cmdline())
+            except psutil.Error:
+                continue
+    else:
+        me = str(os.getpid())
+        for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+                with open(f"/proc/{entry}/cmdline") as fh:
+                    cmdline = fh.read().replace("\0", " ")
+            except OSError:
+                continue
+            if fields[1] == me and fields[0] != "Z":
+                found[int(entry)] = cmdline
+    return {pid for pid, cmdline in found.items() if not any(h in cmdline for h in _HELPERS)}
+
+
+@pytest.fixture(autouse=True)
+def _no_orphans() -> Iterator[None]:
+    before = _children()
+    yield
+    deadline = time.monotonic() + 5
+    while True:
+        multiprocessing.active_children()  # reaps finished multiprocessing children
+        left = _children() - before
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not left, f"processes left behind: {sorted(left)}"
+
+
+def _fabric() -> Fabric:
+    return Fabric(accelerator="cpu", devices=2, strategy="ddp_spawn")
+
+
+# -- functions run in the spawned processes ------------------------------------------------------
+
+
+def _ranks(fabric: Fabric, offset: int) -> tuple[int, int, int, int]:
+    return (fabric.global_rank + offset, fabric.local_rank, fabric.world_size, os.getpid())
+
+
+def _collectives(fabric: Fabric) -> dict[str, Any]:
+    rank = fabric.global_rank
+    out: dict[str, Any] = {}
+    out["gather"] = fabric.all_gather(torch.tensor([rank, 10 + rank]))
+    gathered = fabric.all_gather({"a": torch.tensor(float(rank)), "b": [torch.ones(2) * rank]})
+    out["gather_dict_a"] = gathered["a"]
+    out["gather_dict_b"] = gathered["b"][0]
+    for op in ("mean", "sum", "max", "min"):
+        tensor = torch.tensor([float(rank + 1), 5.0 - rank])
+        result = fabric.all_reduce(tensor, reduce_op=op)
+        out[op] = (result.clone(), result is tensor, tensor.clone())
+    out["broadcast"] = fabric.broadcast({"rank": rank, "items": [rank] * 3}, src=1)
+    fabric.barrier("test")
+    out["all_true"] = fabric.strategy.reduce_boolean_decision(rank == 0, all=True)
+    out["any_true"] = fabric.strategy.reduce_boolean_decision(rank == 0, all=False)
+    out["both_true"] = fabric.strategy.reduce_boolean_decision(True, all=True)
+    # all_gather with sync_grads: the gradient flows back to this rank's input
+    x = torch.tensor([float(rank + 1)], requires_grad=True)
+    fabric.all_gather(x, sync_grads=True).sum().backward()
+    assert x.grad is not None
+    out["grad"] = x.grad.clone()
+    # every rank checks the others' view too
+    out["all_gather_ok"] = bool(
+        fabric.strategy.reduce_boolean_decision(bool(out["gather"][1, 1] == 11))
+    )
+    return out
+
+
+def _sampler(fabric: Fabric, shuffle: bool) -> dict[str, Any]:
+    dataset = TensorDataset(torch.arange(20))
+    loader = DataLoader(dataset, batch_size=3, shuffle=shuffle, drop_last=False)
+    loader = fabric.setup_dataloaders(loader)
+    mine = torch.cat([batch[0] for batch in loader])
+    everyone = fabric.all_gather(mine)
+    inner = loader.dataloader
+    plain = fabric.setup_dataloaders(
+        DataLoader(dataset, batch_size=3), use_distributed_sampler=False
+    )
+    return {
+        "everyone": everyone,
+        "batch_size": inner.batch_size,
+        "plain": torch.cat([batch[0] for batch in plain]),
+    }
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+
+
+def _data(steps: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(steps, batch, 4, generator=generator)
+    return x, x.sum(-1, keepdim=True).sin()
+
+
+def _no_sync(fabric: Fabric) -> dict[str, bool]:
+    model, _optimizer = fabric.setup(_model(), torch.optim.SGD(_model().parameters(), lr=0.1))
+    x = torch.randn(4, 4, generator=torch.Generator().manual_seed(fabric.global_rank))
+    with fabric.no_backward_sync(model):
+        fabric.backward(model(x).pow(2).mean())
+    grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    gathered = fabric.all_gather(grads)
+    differ_inside = not torch.allclose(gathered[0], gathered[1])
+    model.zero_grad()
+    fabric.backward(model(x).pow(2).mean())
+    grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    gathered = fabric.all_gather(grads)
+    return {"differ_inside": differ_inside, "agree_after": torch.equal(gathered[0], gathered[1])}
+
+
+def _train(fabric: Fabric, steps: int, batch: int) -> dict[str, torch.Tensor]:
+    model = _model()
+    model, optimizer = fabric.setup(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    x, y = _data(steps, batch * fabric.world_size)
+    rank = fabric.global_rank
+    for step in range(steps):
+        xs = x[step, rank * batch : (rank + 1) * batch]
+        ys = y[step, rank * batch : (rank + 1) * batch]
+        optimizer.zero_grad()
+        fabric.backward(torch.nn.functional.mse_loss(model(xs), ys))
+        optimizer.step()
+    return {k: v.detach().clone() for k, v in model.module.state_dict().items()}
+
+
+def _fail_on_rank_1(fabric: Fabric) -> None:
+    if fabric.global_rank == 1:
+        raise ValueError("rank one is broken on purpose")
+    fabric.barrier()  # rank 0 waits for a peer that never comes
+    time.sleep(60)
+
+
+# -- tests --------------------------------------------------------------------------------------
+
+
+def test_launch_returns_rank_zero_result() -> None:
+    fabric = _fabric()
+    assert isinstance(fabric.strategy, DDPStrategy)
+    assert isinstance(fabric.strategy.launcher, MultiProcessingLauncher)
+    rank, local_rank, world_size, pid = fabric.launch(_ranks, 100)
+    assert (rank, local_rank, world_size) == (100, 0, 2)
+    assert pid != os.getpid()
+
+
+def test_collectives() -> None:
+    out = _fabric().launch(_collectives)
+    assert torch.equal(out["gather"], torch.tensor([[0, 10], [1, 11]]))
+    assert torch.equal(out["gather_dict_a"], torch.tensor([0.0, 1.0]))
+    assert torch.equal(out["gather_dict_b"], torch.tensor([[0.0, 0.0], [1.0, 1.0]]))
+    expected = {"mean": [1.5, 4.5], "sum": [3.0, 9.0], "max": [2.0, 5.0], "min": [1.0, 4.0]}
+    for op, values in expected.items():
+        result, same_object, original = out[op]
+        assert torch.equal(result, torch.tensor(values)), op
+        assert same_object, f"{op} is not in place"
+        assert torch.equal(original, torch.tensor(values)), op
+    assert out["broadcast"] == {"rank": 1, "items": [1, 1, 1]}
+    assert out["all_true"] is False
+    assert out["any_true"] is True
+    assert out["both_true"] is True
+    assert torch.equal(out["grad"], torch.tensor([2.0]))  # d(sum over 2 ranks)/dx, summed
+    assert out["all_gather_ok"] is True
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_distributed_sampler_gives_disjoint_halves(shuffle: bool) -> None:
+    out = _fabric().launch(_sampler, shuffle)
+    first, second = out["everyone"][0].tolist(), out["everyone"][1].tolist()
+    assert len(first) == len(second) == 10
+    assert set(first).isdisjoint(second)
+    assert sorted(first + second) == list(range(20))
+    assert out["batch_size"] == 3
+    assert out["plain"].tolist() == list(range(20))
+    if not shuffle:
+        assert first == list(range(0, 20, 2))
+
+
+def test_distributed_sampler_follows_the_original_sampler() -> None:
+    strategy = DDPStrategy()
+    loader = DataLoader(TensorDataset(torch.arange(8)), batch_size=2, shuffle=True, drop_last=True)
+    assert isinstance(loader.sampler, RandomSampler)
+    environment = FabEnvironment()
+    environment.set_world_size(2)
+    environment.set_global_rank(1)
+    strategy.cluster_environment = environment
+    new = strategy.process_dataloader(loader)
+    sampler = new.sampler
+    assert isinstance(sampler, torch.utils.data.DistributedSampler)
+    assert sampler.shuffle
+    assert sampler.drop_last
+    assert new.drop_last
+    assert (sampler.num_replicas, sampler.rank) == (2, 1)
+    assert strategy.process_dataloader(loader, use_distributed_sampler=False) is loader
+
+
+def test_no_backward_sync() -> None:
+    out = _fabric().launch(_no_sync)
+    assert out == {"differ_inside": True, "agree_after": True}
+
+
+def test_ddp_matches_one_process_with_the_whole_batch() -> None:
+    steps, batch = 4, 3
+    ddp = _fabric().launch(_train, steps, batch)
+    single = _train(Fabric(accelerator="cpu", devices=1), steps, 2 * batch)
+    assert ddp.keys() == single.keys()
+    for name in ddp:
+        torch.testing.assert_close(ddp[name], single[name], atol=1e-5, rtol=0)
+
+
+def test_a_failing_rank_raises_in_the_parent_with_its_traceback() -> None:
+    start = time.monotonic()
+    with pytest.raises(LaunchError) as info:
+        _fabric().launch(_fail_on_rank_1)
+    assert time.monotonic() - start < 30
+    message = str(info.value)
+    assert "rank one is broken on purpose" in message
+    assert "Traceback" in message
+    assert "_fail_on_rank_1" in message
+    assert "Process 1" in message
+
+
+def test_an_unpicklable_function_gives_a_clear_error() -> None:
+    local_value = 3
+
+    def nested(fabric: Fabric) -> int:
+        return local_value
+
+    with pytest.raises(TypeError, match=r"cannot be pickled.*module level"):
+        _fabric().launch(nested)
+
+
+def test_popen_is_not_available_yet_and_says_what_to_use() -> None:
+    with pytest.raises(NotImplementedError, match=r"ddp_spawn.*torchrun"):
+        Fabric(accelerator="cpu", devices=2, strategy="ddp")
+
+
+def test_dp_falls_back_to_ddp_with_a_warning() -> None:
+    with pytest.warns(UserWarning, match="strategy='ddp'"):
+        fabric = Fabric(accelerator="cpu", devices=1, strategy="dp")
+    assert type(fabric.strategy) is DDPStrategy
+
+
+def test_find_unused_parameters_alias() -> None:
+    fabric = Fabric(accelerator="cpu", devices=1, strategy="ddp_find_unused_parameters_true")
+    assert isinstance(fabric.strategy, DDPStrategy)
+    assert fabric.strategy._ddp_kwargs == {"find_unused_parameters": True}
