@@ -284,3 +284,25 @@ print(calls)
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
     assert out.stdout.strip() == "1"
+
+
+def test_classes_by_priority_orders_skips_broken_and_lists_aliases_once(
+    make_distribution: MakeDistribution,
+) -> None:
+    make_distribution(
+        "toy-plugins",
+        {
+            "fab.accelerators": {
+                "toy": "toy_accel:ToyAccelerator",
+                "toy_alias": "toy_accel:ToyAccelerator",
+                "broken": "toy_missing_module:Nothing",
+            }
+        },
+        {"toy_accel": GOOD_ACCELERATOR.replace("pass", "auto_priority = 7")},
+    )
+    with pytest.warns(registry.PluginWarning, match="skipped while testing: .*'broken'"):
+        ordered = registry.ACCELERATORS.classes_by_priority("auto_priority", "testing")
+    names = [name for name, _ in ordered]
+    assert names.index("toy") < names.index("cpu")
+    assert "toy_alias" not in names
+    assert "broken" not in names

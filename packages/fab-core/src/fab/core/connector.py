@@ -175,24 +175,10 @@ def _auto_accelerator() -> Accelerator:
     A plugin that fails to load is skipped with a warning, so a broken third-party accelerator
     never stops a run that does not ask for it.
     """
-    candidates: list[tuple[int, str, type[Accelerator]]] = []
-    for name in registry.ACCELERATORS.names():
-        try:
-            cls = registry.ACCELERATORS.load_class(name)
-        except registry.PluginError as err:
-            warnings.warn(
-                f"skipped while choosing accelerator='auto': {err}",
-                registry.PluginWarning,
-                stacklevel=4,
-            )
-            continue
-        if cls is not None:
-            candidates.append((cls.auto_priority, name, cls))
-    seen: set[type[Accelerator]] = set()
-    for _, name, cls in sorted(candidates, key=lambda c: (-c[0], c[1])):
-        if cls in seen:  # an alias (gpu/cuda) of one already asked
-            continue
-        seen.add(cls)
+    candidates = registry.ACCELERATORS.classes_by_priority(
+        "auto_priority", "choosing accelerator='auto'"
+    )
+    for name, cls in candidates:
         if cls.is_available():
             chosen: Accelerator = registry.ACCELERATORS.create(name)
             if chosen.auto_priority <= 0:

@@ -17,6 +17,7 @@ from fab.core.registry.errors import (
     PluginLoadError,
     PluginNotFoundError,
     PluginTypeError,
+    PluginWarning,
 )
 from fab.core.registry.groups import DISABLED_PLUGINS_ENV, GROUPS, KNOWN_PROVIDERS
 
@@ -108,6 +109,26 @@ class PluginRegistry(Generic[T]):
         """The plugin's class, or None when the target is a factory function."""
         obj = self.load(name)
         return obj if isinstance(obj, type) else None
+
+    def classes_by_priority(self, priority: str, purpose: str) -> list[tuple[str, type[T]]]:
+        """The group's plugin classes, highest ``getattr(cls, priority)`` first (then by name),
+        each class once (an alias of one already listed is left out), for choosing one
+        automatically (``accelerator="auto"``, cluster-environment detection).
+
+        A plugin that fails to load is skipped with a ``PluginWarning`` that says it was skipped
+        while ``purpose``: a broken plugin never stops a run that did not ask for it by name. A
+        factory entry is usable by name only and is not listed.
+        """
+        found: list[tuple[str, type[T]]] = []
+        for name in self.names():
+            try:
+                cls = self.load_class(name)
+            except PluginError as err:
+                warnings.warn(f"skipped while {purpose}: {err}", PluginWarning, stacklevel=3)
+                continue
+            if cls is not None and all(cls is not other for _, other in found):
+                found.append((name, cls))
+        return sorted(found, key=lambda item: (-getattr(item[1], priority), item[0]))
 
     def create(self, name: str, /, **kwargs: Any) -> T:
         """Instantiate the plugin ``name`` (call the class or factory with ``kwargs``)."""

@@ -9,23 +9,6 @@ from fab.core.environments import ClusterEnvironment
 from fab.strategies.environments.fab import FabEnvironment
 
 
-def _candidates() -> list[tuple[int, str, type[ClusterEnvironment]]]:
-    found: list[tuple[int, str, type[ClusterEnvironment]]] = []
-    for name in registry.ENVIRONMENTS.names():
-        try:
-            cls = registry.ENVIRONMENTS.load_class(name)
-        except registry.PluginError as err:
-            warnings.warn(
-                f"skipped while detecting the cluster environment: {err}",
-                registry.PluginWarning,
-                stacklevel=3,
-            )
-            continue
-        if cls is not None:  # a factory is usable by name only
-            found.append((cls.detect_priority, name, cls))
-    return sorted(found, key=lambda c: (-c[0], c[1]))
-
-
 def detect_environment() -> ClusterEnvironment:
     """An instance of the registered environment with the highest ``detect_priority`` whose
     ``detect()`` is True; :class:`FabEnvironment` when none is.
@@ -33,11 +16,10 @@ def detect_environment() -> ClusterEnvironment:
     Every class of the ``fab.environments`` group takes part, third parties' included. One that
     fails to load, or whose ``detect()`` raises, is skipped with a ``PluginWarning``.
     """
-    seen: set[type[ClusterEnvironment]] = set()
-    for _, name, cls in _candidates():
-        if cls in seen:  # an alias of a class already asked
-            continue
-        seen.add(cls)
+    candidates = registry.ENVIRONMENTS.classes_by_priority(
+        "detect_priority", "detecting the cluster environment"
+    )
+    for name, cls in candidates:
         try:
             detected = cls.detect()
         except Exception as err:
@@ -49,5 +31,6 @@ def detect_environment() -> ClusterEnvironment:
             )
             continue
         if detected:
-            return cls()
+            environment: ClusterEnvironment = cls()
+            return environment
     return FabEnvironment()
