@@ -6,10 +6,9 @@ by a timeout and checks that no child process is left behind.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
+import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,59 +17,15 @@ from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 from fab.core import Fabric
 from fab.strategies import DDPStrategy, FabEnvironment, MultiProcessingLauncher
-from fab.strategies.launchers import LaunchError
+from fab.strategies.launchers import LaunchError, SubprocessScriptLauncher
+from fab.strategies.launchers.subprocess_script import rerun_command
 
 pytestmark = [pytest.mark.distributed, pytest.mark.timeout(120)]
 
 
-#: Helpers multiprocessing starts once and keeps for the life of the interpreter (not ours).
-_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
-
-
-def _children() -> set[int]:
-    """The pids of this process's living children (psutil when installed, else /proc), without
-    multiprocessing's own long-lived helpers."""
-    try:
-        import psutil
-    except ImportError:
-        psutil = None
-    found: dict[int, str] = {}
-    if psutil is not None:
-        for child in psutil.Process().children(recursive=True):
-            try:
-                if child.status() != psutil.STATUS_ZOMBIE:
-                    found[child.pid] = " ".join(child.cmdline())
-            except psutil.Error:
-                continue
-    else:
-        me = str(os.getpid())
-        for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/stat") as fh:
-                    fields = fh.read().rsplit(")", 1)[1].split()
-                with open(f"/proc/{entry}/cmdline") as fh:
-                    cmdline = fh.read().replace("\0", " ")
-            except OSError:
-                continue
-            if fields[1] == me and fields[0] != "Z":
-                found[int(entry)] = cmdline
-    return {pid for pid, cmdline in found.items() if not any(h in cmdline for h in _HELPERS)}
-
-
 @pytest.fixture(autouse=True)
-def _no_orphans() -> Iterator[None]:
-    before = _children()
-    yield
-    deadline = time.monotonic() + 5
-    while True:
-        multiprocessing.active_children()  # reaps finished multiprocessing children
-        left = _children() - before
-        if not left or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    assert not left, f"processes left behind: {sorted(left)}"
+def _no_orphans(no_orphan_processes: None) -> None:
+    """Every test here checks that no process it started is left behind (conftest.py)."""
 
 
 def _fabric() -> Fabric:
@@ -274,9 +229,43 @@ def test_an_unpicklable_function_gives_a_clear_error() -> None:
         _fabric().launch(nested)
 
 
-def test_popen_is_not_available_yet_and_says_what_to_use() -> None:
-    with pytest.raises(NotImplementedError, match=r"ddp_spawn.*torchrun"):
-        Fabric(accelerator="cpu", devices=2, strategy="ddp")
+def test_ddp_reruns_the_script() -> None:
+    """``strategy="ddp"`` starts the other ranks by re-running the command line (the real runs
+    are in test_launchers_for_real.py: pytest's own command line cannot be re-run here)."""
+    fabric = Fabric(accelerator="cpu", devices=2, strategy="ddp")
+    launcher = fabric.strategy.launcher
+    assert isinstance(launcher, SubprocessScriptLauncher)
+    assert not launcher.is_interactive_compatible
+    assert (launcher.num_processes, launcher.num_nodes) == (2, 1)
+    one = Fabric(accelerator="cpu", devices=1, strategy="ddp")
+    assert one.strategy.launcher is None  # one process: nothing to start
+
+
+def test_ddp_refuses_to_rerun_an_interactive_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    import __main__
+
+    monkeypatch.setattr(sys, "orig_argv", [sys.executable], raising=False)
+    monkeypatch.setattr(sys, "argv", [""])
+    monkeypatch.delattr(__main__, "__file__", raising=False)
+    with pytest.raises(RuntimeError, match=r"not started from a script.*ddp_notebook"):
+        rerun_command()
+
+
+def test_rerun_command_keeps_interpreter_options_and_arguments(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import __main__
+
+    monkeypatch.setattr(sys, "orig_argv", ["python3", "-X", "dev", "train.py", "--lr", "3"])
+    monkeypatch.setattr(sys, "argv", ["train.py", "--lr", "3"])
+    monkeypatch.setattr(__main__, "__file__", "train.py", raising=False)
+    assert rerun_command() == [sys.executable, "-X", "dev", "train.py", "--lr", "3"]
+
+
+def test_several_nodes_need_the_rendezvous_on_every_node() -> None:
+    fabric = Fabric(accelerator="cpu", devices=2, num_nodes=2, strategy="ddp")
+    with pytest.raises(RuntimeError, match=r"MASTER_ADDR, MASTER_PORT, NODE_RANK set on every"):
+        fabric.launch()
 
 
 def test_dp_falls_back_to_ddp_with_a_warning() -> None:

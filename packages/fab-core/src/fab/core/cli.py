@@ -1,7 +1,8 @@
 """The ``fab`` command line.
 
-``fab plugins`` lists every plugin the registry knows, ``fab --version`` the installed fab
-packages. Later commands (``fab run``) take their choices from the registry too.
+``fab plugins`` lists every plugin the registry knows, ``fab run`` starts a script on several
+devices or nodes (its choices come from the registry too), ``fab --version`` lists the installed
+fab packages.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from importlib import metadata
 
-from fab.core import registry
+from fab.core import registry, run_command
 
 
 def installed_versions() -> dict[str, str | None]:
@@ -108,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-load", action="store_true", help="do not import plugins (status 'not loaded')"
     )
     plugins.set_defaults(handler=_plugins)
+    run_command.add_parser(commands)
     return parser
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from fab.core import registry
+from fab.core import cli_settings, registry
 from fab.core.accelerators.accelerator import Accelerator
 from fab.core.environments.environment import ClusterEnvironment
 from fab.core.io.checkpoint_io import CheckpointIO
@@ -55,10 +55,21 @@ def connect(
     plugins: PluginArg | Iterable[PluginArg] | None = None,
 ) -> Strategy:
     """Resolve every argument and return the strategy, connected to its accelerator, precision,
-    devices and checkpoint I/O."""
+    devices and checkpoint I/O.
+
+    In a process started by ``fab run``, the command line's settings fill in the arguments left
+    at their defaults; a value that disagrees with the command line raises
+    :class:`~fab.core.cli_settings.CLIConflictError`.
+    """
+    cli = cli_settings.from_environment()
+    accelerator = cli_settings.merge("accelerator", accelerator, cli.get("accelerator"))
+    strategy = cli_settings.merge("strategy", strategy, cli.get("strategy"))
+    devices = cli_settings.merge("devices", devices, cli.get("devices"))
+    num_nodes = cli_settings.merge("num_nodes", num_nodes, cli.get("num_nodes"))
+    precision = cli_settings.merge("precision", precision, cli.get("precision"))
     precision_plugin, checkpoint_io, environment = _split_plugins(plugins)
     precision_plugin = _resolve_precision(precision, precision_plugin)
-    accel = _resolve_accelerator(accelerator)
+    accel = resolve_accelerator(accelerator)
     if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 1:
         raise ValueError(f"num_nodes={num_nodes!r}; expected a positive int")
     devices = accel.auto_device_count() if devices == "auto" else devices
@@ -150,7 +161,8 @@ def _resolve_precision(precision: PrecisionArg, from_plugins: Precision | None) 
     return instance
 
 
-def _resolve_accelerator(accelerator: AcceleratorArg) -> Accelerator:
+def resolve_accelerator(accelerator: AcceleratorArg) -> Accelerator:
+    """The Accelerator for a name (``'auto'``: the best available) or an instance."""
     if isinstance(accelerator, Accelerator):
         return accelerator
     if not isinstance(accelerator, str):

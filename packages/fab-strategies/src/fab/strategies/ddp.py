@@ -8,6 +8,8 @@ Registered as ``ddp`` (the script re-run for every rank: "popen"), ``ddp_spawn``
 from __future__ import annotations
 
 import atexit
+import contextlib
+import gc
 import os
 import warnings
 from collections.abc import Generator
@@ -19,14 +21,20 @@ import torch
 import torch.distributed as dist
 from torch.nn import Module
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, RandomSampler
+from torch.utils.data import DataLoader
 
 from fab.core.accelerators.accelerator import Accelerator
 from fab.core.environments import ClusterEnvironment
 from fab.core.io.checkpoint_io import CheckpointIO
 from fab.core.precision.precision import Precision
 from fab.core.utilities.rank_zero import rank_zero_only
+from fab.strategies.dataloaders import shard_dataloader
+from fab.strategies.launchers._lifecycle import exiting_on_error, track_uncaught_exceptions
 from fab.strategies.launchers.multiprocessing import MultiProcessingLauncher
+from fab.strategies.launchers.subprocess_script import (
+    SubprocessScriptLauncher,
+    adopt_launcher_lifetime,
+)
 from fab.strategies.parallel import ParallelStrategy
 
 StartMethod = Literal["popen", "spawn", "fork"]
@@ -88,7 +96,10 @@ class DDPStrategy(ParallelStrategy):
 
     def configure_launcher(self) -> None:
         if self.cluster_environment.creates_processes_externally:
-            return  # torchrun, srun, mpirun or fab's launcher started every process already
+            # torchrun, srun, mpirun or fab's launcher started every process already; a worker
+            # that fab started ends with the process that started it.
+            adopt_launcher_lifetime()
+            return
         if self._start_method in ("spawn", "fork"):
             self._launcher = MultiProcessingLauncher(
                 self.cluster_environment,
@@ -98,11 +109,8 @@ class DDPStrategy(ParallelStrategy):
             )
             return
         if self.num_processes * self.num_nodes > 1:
-            raise NotImplementedError(
-                "strategy 'ddp' (start_method='popen', the script re-run for every rank) is not "
-                "available yet in fab-strategies. Use strategy='ddp_spawn' (or 'ddp_fork'), or "
-                "start the processes yourself with torchrun (or `fab run`): "
-                f"torchrun --nproc-per-node={self.num_processes} your_script.py"
+            self._launcher = SubprocessScriptLauncher(
+                self.cluster_environment, num_processes=self.num_processes, num_nodes=self.num_nodes
             )
 
     def setup_environment(self) -> None:
@@ -127,7 +135,8 @@ class DDPStrategy(ParallelStrategy):
             **kwargs,
         )
         # A gloo group that is never destroyed makes some processes abort at exit.
-        atexit.register(_destroy_process_group)
+        track_uncaught_exceptions()
+        atexit.register(_destroy_process_group_at_exit)
 
     def teardown(self) -> None:
         _destroy_process_group()
@@ -154,29 +163,15 @@ class DDPStrategy(ParallelStrategy):
     def process_dataloader(
         self, dataloader: DataLoader[Any], use_distributed_sampler: bool = True
     ) -> DataLoader[Any]:
-        """With ``use_distributed_sampler``, re-create the loader with a DistributedSampler that
-        gives this rank its share; the shuffling follows the original sampler (a RandomSampler
-        shuffles) and every other argument of the loader is kept."""
-        if not use_distributed_sampler or self.world_size <= 1:
-            return dataloader
-        if isinstance(dataloader.dataset, IterableDataset):
-            return dataloader
-        if isinstance(dataloader.sampler, DistributedSampler):
-            return dataloader
-        if dataloader.batch_sampler is not None and not _is_default_batch_sampler(dataloader):
-            raise TypeError(
-                f"this DataLoader has a custom batch_sampler ({type(dataloader.batch_sampler)}) "
-                "that fab cannot split across processes; shard it yourself and pass "
-                "use_distributed_sampler=False"
-            )
-        sampler: DistributedSampler[Any] = DistributedSampler(
-            dataloader.dataset,
+        """With ``use_distributed_sampler``, re-create the loader so that this rank iterates its
+        share: a DistributedSampler for the default samplers, the user's own sampler or batch
+        sampler sharded otherwise (see :mod:`fab.strategies.dataloaders`)."""
+        return shard_dataloader(
+            dataloader,
             num_replicas=self.world_size,
             rank=self.global_rank,
-            shuffle=isinstance(dataloader.sampler, RandomSampler),
-            drop_last=dataloader.drop_last,
+            use_distributed_sampler=use_distributed_sampler,
         )
-        return _recreate(dataloader, sampler)
 
 
 @contextmanager
@@ -190,45 +185,18 @@ def _destroy_process_group() -> None:
         dist.destroy_process_group()
 
 
-def _is_default_batch_sampler(loader: DataLoader[Any]) -> bool:
-    from torch.utils.data import BatchSampler
-
-    return type(loader.batch_sampler) is BatchSampler
-
-
-#: DataLoader arguments kept when it is re-created (sampler, batch_sampler and shuffle are
-#: replaced).
-_LOADER_ARGS = (
-    "num_workers",
-    "collate_fn",
-    "pin_memory",
-    "timeout",
-    "worker_init_fn",
-    "multiprocessing_context",
-    "generator",
-    "prefetch_factor",
-    "persistent_workers",
-    "pin_memory_device",
-    "in_order",
-)
-
-
-def _recreate(loader: DataLoader[Any], sampler: DistributedSampler[Any]) -> DataLoader[Any]:
-    kwargs: dict[str, Any] = {
-        name: getattr(loader, name) for name in _LOADER_ARGS if hasattr(loader, name)
-    }
-    if kwargs.get("num_workers", 0) == 0:
-        kwargs.pop("prefetch_factor", None)
-        kwargs["persistent_workers"] = False
-    if not kwargs.get("pin_memory_device"):
-        kwargs.pop("pin_memory_device", None)
-    return type(loader)(
-        loader.dataset,
-        batch_size=loader.batch_size,
-        sampler=sampler,
-        drop_last=loader.drop_last,
-        **kwargs,
-    )
+def _destroy_process_group_at_exit() -> None:
+    """Destroy the process group when the interpreter exits. After a clean run, first release what
+    still uses it (a DDP reducer) and wait for every rank, since a rank that leaves while a peer
+    still talks to it can make gloo abort that peer. After an uncaught exception, no barrier: the
+    peers may be inside another collective, and this one must not meet theirs."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if not exiting_on_error():
+        gc.collect()
+        with contextlib.suppress(Exception):  # a peer that failed is reported by the launcher
+            dist.barrier()
+    dist.destroy_process_group()
 
 
 # -- registered factories ----------------------------------------------------------------------

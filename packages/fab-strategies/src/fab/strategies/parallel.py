@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torch.nn import Module
+from torch.nn.parallel import DistributedDataParallel
 
 from fab.core.accelerators.accelerator import Accelerator
 from fab.core.environments import ClusterEnvironment
 from fab.core.io.checkpoint_io import CheckpointIO
 from fab.core.precision.precision import Precision
-from fab.core.strategies.strategy import ReduceOp, Strategy, StrategyContext
+from fab.core.strategies.strategy import ReduceOp, StateFilter, Strategy, StrategyContext
 from fab.strategies.environments.detect import detect_environment
 
 _REDUCE_OPS = {
@@ -163,3 +166,74 @@ class ParallelStrategy(Strategy):
         votes = self.all_reduce(votes, reduce_op="sum")
         count = int(votes.item())
         return count == self.world_size if all else count > 0
+
+    # -- checkpoints ----------------------------------------------------------------------------
+
+    def get_module_state_dict(self, module: Module) -> dict[str, Any]:
+        """The model's own keys, without DistributedDataParallel's ``module.`` prefix."""
+        return super().get_module_state_dict(_unwrap_ddp(module))
+
+    def load_module_state_dict(
+        self, module: Module, state_dict: dict[str, Any], strict: bool = True
+    ) -> None:
+        super().load_module_state_dict(_unwrap_ddp(module), state_dict, strict=strict)
+
+    def save_checkpoint(
+        self,
+        path: str | Path,
+        state: dict[str, Any],
+        storage_options: Any | None = None,
+        filter: StateFilter | None = None,
+    ) -> None:
+        """Every process converts ``state``; global rank 0 alone writes the file. Every process
+        returns once the file is written, and if the save failed on any process (rank 0 could not
+        write), it raises on every process instead of leaving the others waiting."""
+        error: Exception | None = None
+        try:
+            super().save_checkpoint(path, state, storage_options=storage_options, filter=filter)
+        except Exception as err:
+            error = err
+        self._raise_if_any_failed(error, f"saving the checkpoint to {path}")
+
+    def load_checkpoint(
+        self, path: str | Path, state: dict[str, Any] | None = None, strict: bool = True
+    ) -> dict[str, Any]:
+        """Every process reads ``path`` and restores its own replica in place. If that fails on
+        any process (a missing file, a file that only some processes can see), it raises on
+        every process."""
+        error: Exception | None = None
+        remainder: dict[str, Any] = {}
+        try:
+            remainder = super().load_checkpoint(path, state, strict=strict)
+        except Exception as err:
+            error = err
+        self._raise_if_any_failed(error, f"loading the checkpoint {path}")
+        return remainder
+
+    def _raise_if_any_failed(self, error: Exception | None, action: str) -> None:
+        """Collective: return on every process when ``error`` is None on all of them; otherwise
+        raise on every process: ``error`` where it happened, a ``RuntimeError`` naming the rank
+        that failed (and its error) on the others."""
+        if not self._distributed():
+            if error is not None:
+                raise error
+            return
+        if self.reduce_boolean_decision(error is None, all=True):
+            return
+        _raise_failure(self.global_rank, self.world_size, error, action)
+
+
+def _raise_failure(rank: int, world_size: int, error: Exception | None, action: str) -> NoReturn:
+    """Exchange the failures' messages (every process is here) and raise."""
+    mine = None if error is None else f"{type(error).__name__}: {error}"
+    messages: list[str | None] = [None] * world_size
+    dist.all_gather_object(messages, mine)
+    if error is not None:
+        raise error
+    failed = [(r, message) for r, message in enumerate(messages) if message is not None]
+    details = "; ".join(f"global rank {r}: {message}" for r, message in failed)
+    raise RuntimeError(f"{action} failed on another process ({details})")
+
+
+def _unwrap_ddp(module: Module) -> Module:
+    return module.module if isinstance(module, DistributedDataParallel) else module

@@ -6,6 +6,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
+#: Set by fab's launchers (``fab run``, strategy ``ddp``) in every process they start: the pid of
+#: the process it must not outlive.
+LAUNCHER_PID_ENV = "FAB_LAUNCHER_PID"
+
 
 class Launcher(ABC):
     """Starts the processes of a run and calls ``function`` in each.

@@ -4,8 +4,11 @@ deriving a rendezvous port from a job id."""
 from __future__ import annotations
 
 import os
-import socket
 import zlib
+
+from fab.core.utilities.network import find_free_port
+
+__all__ = ["find_free_port"]
 
 #: Ports derived from a job id fall in ``PORT_BASE .. PORT_BASE + PORT_SPAN - 1``.
 PORT_BASE = 10000
@@ -60,18 +63,6 @@ def main_port_from(job_id_vars: tuple[str, ...]) -> int:
         if value:
             return port_from_job_id(value)
     return DEFAULT_PORT
-
-
-def find_free_port() -> int:
-    """A TCP port that is free on every interface of this machine right now.
-
-    The port is released before returning, so another process may take it before it is used;
-    the rendezvous on rank 0 binds it soon after.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def check_world_size(source: str, world_size: int, num_devices: int, num_nodes: int) -> None:

@@ -24,7 +24,9 @@ from torch.multiprocessing.spawn import (
 
 from fab.core.environments import ClusterEnvironment
 from fab.core.launchers import Launcher
+from fab.core.utilities.network import ensure_port_free
 from fab.strategies.environments.fab import FabEnvironment
+from fab.strategies.launchers._lifecycle import die_with_parent
 
 StartMethod = Literal["spawn", "fork", "forkserver"]
 #: How long the others get to stop once one process failed, before they are killed.
@@ -88,6 +90,12 @@ class MultiProcessingLauncher(Launcher):
         if self.start_method == "spawn":
             _check_picklable(function, args, kwargs)
         env = self.cluster_environment
+        if env.node_rank() == 0:
+            ensure_port_free(
+                env.main_address,
+                env.main_port,
+                hint="Set MASTER_PORT to a free port, or unset it and fab picks a free one.",
+            )
         info = _LaunchInfo(
             main_address=env.main_address,
             main_port=env.main_port,
@@ -163,6 +171,7 @@ def _run_rank(
     error_queue: Any,
 ) -> None:
     """The body of each started process: set its variables, run, send rank 0's result back."""
+    die_with_parent()  # a launcher killed outright leaves no worker behind
     global_rank = info.node_rank * info.num_processes + local_rank
     os.environ.update(
         FabEnvironment.launch_variables(

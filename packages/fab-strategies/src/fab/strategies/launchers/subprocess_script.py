@@ -1,0 +1,229 @@
+"""SubprocessScriptLauncher: re-run the user's command once for every other process of the node.
+
+This is ``strategy="ddp"``: the process the user started becomes local rank 0 and starts the
+others by running the same command line again (``python train.py --lr 3e-4``, ``python -m
+pkg.train``, ``python -c CODE``) with fab's variables set. No pickling, so anything works as the
+function given to ``launch``; the price is that the script runs from the top in every process.
+
+A run never outlives its failure:
+
+- a worker that exits non-zero or is killed makes the launching process say so, stop the other
+  workers and exit non-zero within seconds;
+- the launching process failing (an exception, Ctrl-C) stops every worker before it exits;
+- the launching process dying outright (SIGKILL) takes the workers with it: each worker asks the
+  kernel to kill it when its parent dies (:func:`die_with_parent`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import __main__
+from fab.core.environments import ClusterEnvironment
+from fab.core.launchers import LAUNCHER_PID_ENV, Launcher
+from fab.core.utilities.network import ensure_port_free
+from fab.strategies.environments.fab import FabEnvironment
+from fab.strategies.launchers._lifecycle import (
+    describe_exit,
+    die_with_parent,
+    exiting_on_error,
+    stop_processes,
+    track_uncaught_exceptions,
+)
+
+#: Seconds workers get to end after SIGTERM before SIGKILL.
+STOP_GRACE_SECONDS = 5.0
+#: Seconds the launching process gets, after a worker failed, to end by itself (a collective that
+#: lost its peer raises) before it is ended.
+FAILURE_EXIT_SECONDS = 3.0
+#: How often the workers are checked.
+POLL_SECONDS = 0.1
+
+
+class SubprocessScriptLauncher(Launcher):
+    """Start local ranks ``1 .. num_processes - 1`` by re-running this process's command line.
+
+    Args:
+        cluster_environment: where the rendezvous address, port and node rank come from.
+        num_processes: processes on this node (one per device).
+        num_nodes: nodes of the run. With more than one, every node must be told the rendezvous
+            (``MASTER_ADDR``, ``MASTER_PORT``) and its ``NODE_RANK``.
+    """
+
+    def __init__(
+        self, cluster_environment: ClusterEnvironment, num_processes: int, num_nodes: int = 1
+    ) -> None:
+        if num_processes < 1:
+            raise ValueError(f"num_processes={num_processes}; expected at least 1")
+        self.cluster_environment = cluster_environment
+        self.num_processes = num_processes
+        self.num_nodes = num_nodes
+        self._workers: _Workers | None = None
+
+    @property
+    def is_interactive_compatible(self) -> bool:
+        return False
+
+    def launch(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if not self.cluster_environment.creates_processes_externally and self._workers is None:
+            self._workers = self._start_workers()
+        return function(*args, **kwargs)
+
+    def _start_workers(self) -> _Workers:
+        command = rerun_command()
+        env = self.cluster_environment
+        if self.num_nodes > 1:
+            missing = [v for v in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK") if not os.getenv(v)]
+            if missing:
+                raise RuntimeError(
+                    f"strategy 'ddp' on {self.num_nodes} nodes needs {', '.join(missing)} set on "
+                    "every node (the address and port of node 0, and this node's index), or start "
+                    "the run with `fab run --num-nodes ... --node-rank ... --main-address ...`, "
+                    "torchrun or your scheduler"
+                )
+        main_address, main_port, node_rank = env.main_address, env.main_port, env.node_rank()
+        if node_rank == 0:
+            ensure_port_free(
+                main_address,
+                main_port,
+                hint="Set MASTER_PORT to a free port, or unset it and fab picks a free one.",
+            )
+        # This process is local rank 0: its rendezvous is the one handed to the workers.
+        os.environ["MASTER_ADDR"] = main_address
+        os.environ["MASTER_PORT"] = str(main_port)
+        workers = _Workers()
+        for local_rank in range(1, self.num_processes):
+            variables = FabEnvironment.launch_variables(
+                main_address=main_address,
+                main_port=main_port,
+                world_size=self.num_processes * self.num_nodes,
+                global_rank=node_rank * self.num_processes + local_rank,
+                local_rank=local_rank,
+                node_rank=node_rank,
+            )
+            variables[LAUNCHER_PID_ENV] = str(os.getpid())
+            try:
+                process = subprocess.Popen(command, env={**os.environ, **variables})
+            except BaseException:
+                workers.stop()
+                raise
+            workers.add(int(variables["RANK"]), process)
+        workers.watch()
+        return workers
+
+
+def rerun_command() -> list[str]:
+    """The command line that started this process, to start it again: the interpreter, its
+    options and the script, module or ``-c`` code with their arguments."""
+    original = list(getattr(sys, "orig_argv", []))
+    interactive = hasattr(sys, "ps1") or bool(sys.flags.interactive)
+    has_code = "-c" in original[1:]
+    has_file = bool(getattr(__main__, "__file__", None))
+    if interactive or not original or not (has_code or has_file) or sys.argv[0] in ("", "-"):
+        raise RuntimeError(
+            "strategy 'ddp' starts the other processes by running your script again, but this "
+            "process was not started from a script (an interactive session, a notebook or code "
+            "read from stdin). Use strategy='ddp_notebook' (or 'ddp_fork') here, or run a script "
+            "with `fab run` or torchrun"
+        )
+    return [sys.executable, *original[1:]]
+
+
+def adopt_launcher_lifetime() -> None:
+    """In a worker started by a fab launcher (strategy ``ddp``, ``fab run``): end when the
+    launching process ends. The variable is consumed, so processes this worker starts in turn do
+    not inherit it."""
+    launcher_pid = os.environ.pop(LAUNCHER_PID_ENV, "")
+    if not launcher_pid.isdigit():
+        return
+    pid = int(launcher_pid)
+    if os.getppid() == pid:
+        die_with_parent(pid)
+    elif not _alive(pid):
+        os._exit(1)  # the launcher died before this worker got here
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _Workers:
+    """The workers this process started, watched from a thread, stopped with this process."""
+
+    def __init__(self) -> None:
+        self._processes: dict[int, subprocess.Popen[bytes]] = {}
+        self._lock = threading.Lock()
+        self._stopping = False
+
+    def add(self, global_rank: int, process: subprocess.Popen[bytes]) -> None:
+        self._processes[global_rank] = process
+
+    def watch(self) -> None:
+        track_uncaught_exceptions()
+        atexit.register(self._at_exit)
+        threading.Thread(target=self._watch, name="fab-watch-workers", daemon=True).start()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            stop_processes(list(self._processes.values()), STOP_GRACE_SECONDS)
+
+    def _watch(self) -> None:
+        while True:
+            for rank, process in self._processes.items():
+                code = process.poll()
+                if code is not None and code != 0:
+                    self._worker_failed(rank, process, code)
+                    return
+            if all(p.poll() is not None for p in self._processes.values()):
+                return
+            time.sleep(POLL_SECONDS)
+
+    def _worker_failed(self, rank: int, process: subprocess.Popen[bytes], code: int) -> None:
+        if self._stopping:
+            return
+        _say(f"fab: rank {rank} (pid {process.pid}) {describe_exit(code)}; stopping the run")
+        self.stop()
+        # A collective that lost its peer raises soon and the process ends by itself; a process
+        # busy elsewhere (or waiting for a peer that never came) is ended.
+        time.sleep(FAILURE_EXIT_SECONDS)
+        _say(f"fab: rank {rank} failed; ending the launching process")
+        _flush()
+        os._exit(1)
+
+    def _at_exit(self) -> None:
+        if exiting_on_error():
+            self.stop()
+            return
+        # This process finished its work: wait for the workers to finish theirs.
+        for process in self._processes.values():
+            while process.poll() is None:
+                time.sleep(POLL_SECONDS)
+        failed = {r: p.returncode for r, p in self._processes.items() if p.returncode != 0}
+        if failed:
+            _flush()
+            os._exit(1)
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()

@@ -1,0 +1,323 @@
+"""The launchers that start real processes from a script: ``strategy="ddp"`` (the script re-run
+for every rank) and ``fab run`` (torchrun underneath). Every run is a real 2-process gloo run, in
+its own session so that a failing test can still kill all of it; every test checks that no
+process of the run is left.
+
+The failure tests hold the issue's bar: one rank raising, or a worker killed with SIGKILL, ends
+every process within 30 s with a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.distributed, pytest.mark.timeout(120)]
+
+#: The bar for a failed run: every process gone within this many seconds.
+FAILURE_BUDGET_SECONDS = 30.0
+
+WORKER = textwrap.dedent(
+    """
+    import os, sys, time
+    from pathlib import Path
+    import torch
+    from fab.core import Fabric
+
+    mode, pid_dir = sys.argv[1], Path(sys.argv[2])
+    kwargs = {"accelerator": "cpu", "devices": 2, "strategy": "ddp"}
+    if os.environ.get("FAB_CLI_DEVICES"):  # under `fab run`: the command line decides
+        devices = os.environ.get("WORKER_DEVICES")
+        kwargs = {"devices": int(devices)} if devices else {}
+    fabric = Fabric(**kwargs)
+
+    def main(fabric):
+        rank = fabric.global_rank
+        (pid_dir / f"{rank}.pid").write_text(str(os.getpid()))
+        total = fabric.all_reduce(torch.tensor([float(rank + 1)]), reduce_op="sum")
+        fabric.barrier()
+        if mode == "raise" and rank == int(sys.argv[3]):
+            raise ValueError(f"rank {rank} is broken on purpose")
+        if mode == "hang":
+            (pid_dir / f"{rank}.ready").write_text("")
+            time.sleep(300)
+        model, optimizer = fabric.setup(
+            torch.nn.Linear(4, 1), torch.optim.SGD(torch.nn.Linear(4, 1).parameters(), lr=0.1)
+        )
+        fabric.backward(model(torch.ones(2, 4)).sum())
+        optimizer.step()
+        print(f"rank {rank} of {fabric.world_size} sum {total.item():.0f} "
+              f"{type(fabric.strategy.cluster_environment).__name__} {sys.argv[1:]}", flush=True)
+        return total.item()
+
+    result = fabric.launch(main)
+    print(f"result on rank {fabric.global_rank}: {result}", flush=True)
+    """
+)
+
+
+@pytest.fixture
+def worker(tmp_path: Path) -> Path:
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    (tmp_path / "pids").mkdir()
+    return script
+
+
+class Run:
+    """A command started in its own session, with the pids its ranks wrote."""
+
+    def __init__(self, command: list[str], pid_dir: Path, env: dict[str, str] | None = None):
+        self.pid_dir = pid_dir
+        self.process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+        )
+
+    def wait(self, timeout: float) -> tuple[int, str, str]:
+        out, err = self.process.communicate(timeout=timeout)
+        return self.process.returncode, out, err
+
+    def rank_pids(self) -> dict[int, int]:
+        return {int(p.stem): int(p.read_text()) for p in self.pid_dir.glob("*.pid")}
+
+    def wait_until_ready(self, ranks: int, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while len(list(self.pid_dir.glob("*.ready"))) < ranks:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                out, err = self.process.communicate()
+                raise AssertionError(f"the run did not get ready:\n{out}\n{err}")
+            time.sleep(0.05)
+
+    def kill_everything(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        for pid in self.rank_pids().values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.process.wait()
+
+
+@pytest.fixture
+def runs() -> Iterator[list[Run]]:
+    started: list[Run] = []
+    yield started
+    for run in started:
+        run.kill_everything()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            state = fh.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def assert_all_gone(run: Run, within: float = 5.0) -> None:
+    pids = run.rank_pids()
+    assert pids, "the ranks never started"
+    deadline = time.monotonic() + within
+    while any(_alive(pid) for pid in pids.values()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = {rank: pid for rank, pid in pids.items() if _alive(pid)}
+    assert not left, f"processes left behind: {left}"
+
+
+def python(*args: str) -> list[str]:
+    return [sys.executable, *args]
+
+
+def fab_run(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fab.core.cli", "run", *args]
+
+
+# -- strategy="ddp": the script re-run for every rank -------------------------------------------
+
+
+def test_ddp_reruns_the_script_for_every_rank(worker: Path, runs: list[Run]) -> None:
+    run = Run(python(str(worker), "ok", str(worker.parent / "pids"), "x"), worker.parent / "pids")
+    runs.append(run)
+    code, out, err = run.wait(timeout=90)
+    assert code == 0, err
+    for rank in (0, 1):
+        assert f"rank {rank} of 2 sum 3 FabEnvironment ['ok'" in out
+    assert "result on rank 0: 3.0" in out  # launch() returns each rank's own result
+    assert "result on rank 1: 3.0" in out
+    assert_all_gone(run)
+
+
+def test_ddp_reruns_code_given_with_dash_c(tmp_path: Path, runs: list[Run]) -> None:
+    code_text = (
+        "import torch; from fab.core import Fabric; "
+        "f = Fabric(accelerator='cpu', devices=2, strategy='ddp'); f.launch(); "
+        "import os; "
+        f"open(os.path.join({str(tmp_path)!r}, f'{{f.global_rank}}.pid'), 'w')"
+        ".write(str(os.getpid())); "
+        "total = f.all_reduce(torch.ones(1), reduce_op='sum').item(); "
+        "f.print('ranks', f.world_size, 'sum', total)"
+    )
+    run = Run(python("-c", code_text), tmp_path)
+    runs.append(run)
+    code, out, err = run.wait(timeout=90)
+    assert code == 0, err
+    assert out.splitlines() == ["ranks 2 sum 2.0"]  # rank 0 prints
+    assert_all_gone(run)
+
+
+@pytest.mark.parametrize("failing_rank", [1, 0])
+def test_ddp_one_rank_raising_ends_the_run(
+    worker: Path, runs: list[Run], failing_rank: int
+) -> None:
+    pid_dir = worker.parent / "pids"
+    start = time.monotonic()
+    run = Run(python(str(worker), "raise", str(pid_dir), str(failing_rank)), pid_dir)
+    runs.append(run)
+    code, _out, err = run.wait(timeout=90)
+    assert time.monotonic() - start < FAILURE_BUDGET_SECONDS + 15  # + start-up of 2 processes
+    assert code != 0
+    assert f"ValueError: rank {failing_rank} is broken on purpose" in err
+    assert_all_gone(run)
+
+
+@pytest.mark.parametrize("victim", [1, 0])
+def test_ddp_a_worker_killed_with_sigkill_ends_the_run(
+    worker: Path, runs: list[Run], victim: int
+) -> None:
+    pid_dir = worker.parent / "pids"
+    run = Run(python(str(worker), "hang", str(pid_dir)), pid_dir)
+    runs.append(run)
+    run.wait_until_ready(ranks=2)
+    killed_at = time.monotonic()
+    os.kill(run.rank_pids()[victim], signal.SIGKILL)
+    code, _out, err = run.wait(timeout=FAILURE_BUDGET_SECONDS)
+    assert time.monotonic() - killed_at < FAILURE_BUDGET_SECONDS
+    assert code != 0
+    if victim == 1:  # rank 0 is the launching process: it says what happened
+        assert "rank 1" in err
+        assert "was killed by SIGKILL" in err
+    assert_all_gone(run)
+
+
+def test_ddp_busy_port_is_a_clear_error(worker: Path, runs: list[Run]) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        pid_dir = worker.parent / "pids"
+        run = Run(python(str(worker), "ok", str(pid_dir)), pid_dir, env={"MASTER_PORT": str(port)})
+        runs.append(run)
+        code, _out, err = run.wait(timeout=60)
+    assert code != 0
+    assert f"PortInUseError: port {port} on 127.0.0.1 is already in use" in err
+    assert "MASTER_PORT" in err
+    assert not list(pid_dir.glob("*.pid"))  # nothing started
+
+
+# -- fab run: torchrun underneath --------------------------------------------------------------
+
+
+def test_fab_run_starts_every_rank(worker: Path, runs: list[Run]) -> None:
+    pid_dir = worker.parent / "pids"
+    run = Run(
+        fab_run("--accelerator", "cpu", "--devices", "2", str(worker), "ok", str(pid_dir)),
+        pid_dir,
+    )
+    runs.append(run)
+    code, out, err = run.wait(timeout=90)
+    assert code == 0, err
+    for rank in (0, 1):
+        assert f"rank {rank} of 2 sum 3 TorchElasticEnvironment ['ok'" in out
+    assert_all_gone(run)
+
+
+def test_fab_run_and_the_code_must_agree(worker: Path, runs: list[Run]) -> None:
+    pid_dir = worker.parent / "pids"
+    # The script asks Fabric for 3 devices; the command line says 2.
+    run = Run(
+        fab_run("--accelerator", "cpu", "--devices", "2", str(worker), "ok", str(pid_dir)),
+        pid_dir,
+        env={"WORKER_DEVICES": "3"},
+    )
+    runs.append(run)
+    code, _out, err = run.wait(timeout=90)
+    assert code != 0
+    assert "CLIConflictError: Fabric(devices=3) conflicts with `fab run --devices 2`" in err
+
+
+def test_fab_run_one_rank_raising_ends_the_run(worker: Path, runs: list[Run]) -> None:
+    pid_dir = worker.parent / "pids"
+    start = time.monotonic()
+    run = Run(
+        fab_run("--accelerator", "cpu", "--devices", "2", str(worker), "raise", str(pid_dir), "1"),
+        pid_dir,
+    )
+    runs.append(run)
+    code, _out, err = run.wait(timeout=90)
+    assert time.monotonic() - start < FAILURE_BUDGET_SECONDS + 15
+    assert code == 1
+    assert "ValueError: rank 1 is broken on purpose" in err
+    assert "fab run: rank 1" in err
+    assert_all_gone(run)
+
+
+def test_fab_run_a_worker_killed_with_sigkill_ends_the_run(worker: Path, runs: list[Run]) -> None:
+    pid_dir = worker.parent / "pids"
+    run = Run(
+        fab_run("--accelerator", "cpu", "--devices", "2", str(worker), "hang", str(pid_dir)),
+        pid_dir,
+    )
+    runs.append(run)
+    run.wait_until_ready(ranks=2)
+    killed_at = time.monotonic()
+    os.kill(run.rank_pids()[1], signal.SIGKILL)
+    code, _out, err = run.wait(timeout=FAILURE_BUDGET_SECONDS)
+    assert time.monotonic() - killed_at < FAILURE_BUDGET_SECONDS
+    assert code == 1
+    assert "fab run: rank 1" in err
+    assert "killed by signal 9" in err
+    assert_all_gone(run)
+
+
+def test_fab_run_killed_outright_takes_its_workers_along(worker: Path, runs: list[Run]) -> None:
+    pid_dir = worker.parent / "pids"
+    run = Run(
+        fab_run("--accelerator", "cpu", "--devices", "2", str(worker), "hang", str(pid_dir)),
+        pid_dir,
+    )
+    runs.append(run)
+    run.wait_until_ready(ranks=2)
+    os.kill(run.process.pid, signal.SIGKILL)  # torchrun's agent alone; its workers are not told
+    run.wait(timeout=10)
+    assert_all_gone(run, within=10)
+
+
+def test_fab_run_busy_port_is_a_clear_error(worker: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            fab_run("--main-port", str(port), "--devices", "2", str(worker), "ok", "x"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 2
+    assert f"port {port} on 127.0.0.1 is already in use" in result.stderr
+    assert "--main-port" in result.stderr
