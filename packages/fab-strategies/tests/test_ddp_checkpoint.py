@@ -200,6 +200,12 @@ def _failures(fabric: Fabric, folder: str) -> dict[str, Any]:
     # a file that only rank 0 can read (no shared file system): every process raises
     mine = good if rank == 0 else missing
     out["only_rank_0"] = _both(fabric, _outcome(lambda: fabric.load(mine, {"model": model})))
+    raw = Path(folder, "raw.pt")
+    if rank == 0:
+        torch.save(_model(0).state_dict(), raw)
+    fabric.barrier()
+    mine_raw = raw if rank == 0 else missing
+    out["raw_only_rank_0"] = _both(fabric, _outcome(lambda: fabric.load_raw(mine_raw, model)))
     # the processes are still in step: a collective and a save/load that work
     out["gather"] = fabric.all_gather(torch.tensor(rank))
     fabric.save(good, {"model": model, "optimizer": optimizer})
@@ -289,7 +295,7 @@ def test_failures_raise_on_every_rank_without_hanging(tmp_path: Path) -> None:
     for key, value in out["good_after"].items():
         assert isinstance(value, torch.Tensor), key
     assert torch.equal(torch.cat([v.flatten() for v in out["good_after"].values()]), out["before"])
-    assert out["leftovers"] == ["a_directory", "good.ckpt"]
+    assert out["leftovers"] == ["a_directory", "good.ckpt"]  # listed before raw.pt is written
     for kind, message in out["missing"]:
         assert kind == "FileNotFoundError"
         assert "missing.ckpt" in message
@@ -297,6 +303,10 @@ def test_failures_raise_on_every_rank_without_hanging(tmp_path: Path) -> None:
     assert rank0[0] == "RuntimeError"
     assert "global rank 1" in rank0[1]
     assert "FileNotFoundError" in rank0[1]
+    assert rank1[0] == "FileNotFoundError"
+    rank0, rank1 = out["raw_only_rank_0"]  # load_raw too: every rank raises, none hangs
+    assert rank0[0] == "RuntimeError"
+    assert "global rank 1" in rank0[1]
     assert rank1[0] == "FileNotFoundError"
     assert torch.equal(out["gather"], torch.tensor([0, 1]))
     assert out["reload"] == [("ok", ""), ("ok", "")]

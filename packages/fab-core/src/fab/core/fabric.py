@@ -359,12 +359,7 @@ class Fabric:
 
     def load_raw(self, path: str | Path, obj: Module | Optimizer, strict: bool = True) -> None:
         """Load a plain state dict (not a Fabric checkpoint) into a model or optimizer."""
-        target = unwrap(obj)
-        state = self._strategy.checkpoint_io.load_checkpoint(path, map_location="cpu")
-        if isinstance(target, Module):
-            self._strategy.load_module_state_dict(target, state, strict=strict)
-        else:
-            target.load_state_dict(state)
+        self._strategy.load_raw(path, unwrap(obj), strict=strict)
 
     # -- logging and callbacks --------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.nn import Module
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim import Optimizer
 
 from fab.core.accelerators.accelerator import Accelerator
 from fab.core.environments import ClusterEnvironment
@@ -209,6 +210,15 @@ class ParallelStrategy(Strategy):
             error = err
         self._raise_if_any_failed(error, f"loading the checkpoint {path}")
         return remainder
+
+    def load_raw(self, path: str | Path, obj: Module | Optimizer, strict: bool = True) -> None:
+        """As :meth:`load_checkpoint`: it raises on every process if it fails on any."""
+        error: Exception | None = None
+        try:
+            super().load_raw(path, obj, strict=strict)
+        except Exception as err:
+            error = err
+        self._raise_if_any_failed(error, f"loading {path}")
 
     def _raise_if_any_failed(self, error: Exception | None, action: str) -> None:
         """Collective: return on every process when ``error`` is None on all of them; otherwise

@@ -347,6 +347,14 @@ class Strategy(ABC):
                 state[key] = value
         return checkpoint
 
+    def load_raw(self, path: str | Path, obj: Module | Optimizer, strict: bool = True) -> None:
+        """Load a plain state dict (not a Fabric checkpoint) at ``path`` into ``obj`` in place."""
+        state = self.checkpoint_io.load_checkpoint(path, map_location="cpu")
+        if isinstance(obj, Module):
+            self.load_module_state_dict(obj, state, strict=strict)
+        else:
+            obj.load_state_dict(state)
+
     def _convert_state(self, state: dict[str, Any], filters: StateFilter) -> dict[str, Any]:
         unknown = set(filters) - set(state)
         if unknown:
