@@ -38,15 +38,31 @@ def test_there_are_documented_blocks_to_run() -> None:
     assert len(python_blocks()) >= 3
 
 
-def test_main_job_example_learns_the_spirals(tmp_path: Path) -> None:
-    example = str(ROOT / "docs/examples/train_cpu.py")
+#: What the main job's documentation promises (README.md, docs/examples/train_digits.py): 97.75%
+#: measured with the defaults; asserted with a little room for other CPUs' arithmetic.
+MAIN_JOB_ACCURACY = 97.0
+MAIN_JOB_EPOCHS = 15  # the example's default
+
+
+@pytest.mark.distributed
+@pytest.mark.timeout(150)
+def test_main_job_trains_the_digits_on_two_processes(tmp_path: Path) -> None:
+    """The README's main job with its defaults (two processes, strategy "ddp"): it reaches the
+    stated accuracy, and only rank 0 prints: one line per epoch, and no progress bar redrawn with
+    carriage returns, since stdout is not a terminal."""
+    example = str(ROOT / "docs/examples/train_digits.py")
     result = subprocess.run(
-        [sys.executable, example, "--epochs", "8", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
+        [sys.executable, example, "--out", str(tmp_path)], capture_output=True, timeout=120
     )
-    assert result.returncode == 0, result.stderr
-    match = re.search(r"test accuracy ([\d.]+)%", result.stdout)
-    assert match is not None, result.stdout
-    assert float(match.group(1)) > 90.0
+    out, err = result.stdout.decode(), result.stderr.decode()
+    assert result.returncode == 0, out + err
+    assert "\r" not in out, out
+    epochs = re.findall(r"^epoch +(\d+)/(\d+) +loss .* test accuracy [\d.]+%", out, re.MULTILINE)
+    expected = [(str(e), str(MAIN_JOB_EPOCHS)) for e in range(1, MAIN_JOB_EPOCHS + 1)]
+    assert epochs == expected, out  # each epoch once: rank 1 printed nothing
+    finals = re.findall(
+        r"^test accuracy ([\d.]+)% after \d+ epochs on 2 process", out, re.MULTILINE
+    )
+    assert len(finals) == 1, out
+    assert float(finals[0]) >= MAIN_JOB_ACCURACY, out
+    assert (tmp_path / "last.pt").is_file()

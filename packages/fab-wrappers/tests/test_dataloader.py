@@ -44,6 +44,23 @@ def test_dataloader_moves_batches_and_sets_the_epoch(strategy: RecordingStrategy
     assert unwrap(wrapped) is loader
 
 
+def test_set_epoch_numbers_the_next_pass(strategy: RecordingStrategy) -> None:
+    """A resumed run says which epoch it is at; the samplers get that number, then the next."""
+    sampler = EpochSampler()
+    loader = FabricDataLoader(
+        DataLoader(TensorDataset(torch.arange(4.0)), sampler=sampler), strategy
+    )
+    loader.set_epoch(5)
+    list(loader)
+    list(loader)
+    loader.set_epoch(2)
+    list(loader)
+    assert sampler.epochs == [5, 6, 2]
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="non-negative int"):
+            loader.set_epoch(bad)  # type: ignore[arg-type]
+
+
 def test_a_batch_sampler_with_set_epoch_gets_it_once_per_pass(
     strategy: RecordingStrategy,
 ) -> None:

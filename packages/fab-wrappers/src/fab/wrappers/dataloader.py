@@ -37,6 +37,14 @@ class FabricDataLoader:
     def dataloader(self) -> DataLoader[Any]:
         return self._dataloader
 
+    def set_epoch(self, epoch: int) -> None:
+        """Number the next pass ``epoch`` (the following ones ``epoch + 1``, ...): what its
+        samplers' ``set_epoch`` get, so a resumed run shuffles its epochs as an uninterrupted
+        one did. Without it, passes are numbered from 0 in each process."""
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"set_epoch({epoch!r}): expected a non-negative int")
+        self._epoch = epoch
+
     def __len__(self) -> int:
         """The number of batches of one pass; a TypeError for a loader that has no length (one
         over an ``IterableDataset`` without ``__len__``), as ``len(DataLoader)`` raises."""
