@@ -321,3 +321,59 @@ def test_fab_run_busy_port_is_a_clear_error(worker: Path) -> None:
     assert result.returncode == 2
     assert f"port {port} on 127.0.0.1 is already in use" in result.stderr
     assert "--main-port" in result.stderr
+
+
+# -- two nodes on one machine ---------------------------------------------------------------------
+
+NODE_SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    import torch
+    from fab.core import Fabric
+
+    kwargs = {} if os.environ.get("FAB_CLI_DEVICES") else {
+        "accelerator": "cpu", "devices": 1, "num_nodes": 2, "strategy": "ddp"
+    }
+    fabric = Fabric(**kwargs)
+    fabric.launch()
+    total = fabric.all_reduce(torch.tensor([10.0 ** fabric.global_rank]), reduce_op="sum")
+    sys.stdout.write(
+        f"node {fabric.node_rank} rank {fabric.global_rank} of {fabric.world_size} "
+        f"sum {total.item():.0f}\\n"
+    )
+    """
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("launcher", ["ddp", "fab run"])
+def test_two_nodes_meet_at_the_main_address(tmp_path: Path, runs: list[Run], launcher: str) -> None:
+    """Two "nodes" (two commands on this machine) with one process each: node ranks, global ranks
+    and the world size come from NODE_RANK / --node-rank, the rendezvous from the main address."""
+    script = tmp_path / "node.py"
+    script.write_text(NODE_SCRIPT)
+    port = str(_free_port())
+    started = []
+    for node in (0, 1):
+        if launcher == "ddp":
+            command = python(str(script))
+            env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "NODE_RANK": str(node)}
+        else:
+            command = fab_run(
+                "--accelerator", "cpu", "--devices", "1", "--num-nodes", "2",
+                "--node-rank", str(node), "--main-address", "127.0.0.1", "--main-port", port,
+                str(script),
+            )  # fmt: skip
+            env = {}
+        run = Run(command, tmp_path, env=env)
+        runs.append(run)
+        started.append(run)
+    outputs = [run.wait(timeout=90) for run in started]
+    for node, (code, out, err) in enumerate(outputs):
+        assert code == 0, err
+        assert f"node {node} rank {node} of 2 sum 11" in out
