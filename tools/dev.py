@@ -4,6 +4,7 @@
     python tools/dev.py test [--fresh] [--only STEP[,STEP]] [--package NAME] [-k EXPR] [-- ARGS]
     python tools/dev.py setup [--fresh]
     python tools/dev.py train [ARGS]
+    python tools/dev.py stress [-- ARGS]
 
 `test` sets up every environment it needs, runs each step, prints a summary table and a last line
 `N passed, N failed` (steps), and exits 1 if any step failed. The environments:
@@ -44,7 +45,7 @@ CONSTRAINTS = TOOLS / "constraints.txt"
 PACKAGES_DIR = ROOT / "packages"
 INTEGRATION_DIR = ROOT / "tests-integration"
 PLUGINS_DIR = INTEGRATION_DIR / "plugins"
-TRAIN_EXAMPLE = ROOT / "docs" / "examples" / "train_cpu.py"
+TRAIN_EXAMPLE = ROOT / "docs" / "examples" / "train_digits.py"
 VENVS = ROOT / ".venvs"
 BASE_VENV = VENVS / "_torch"
 DEV_VENV = ROOT / ".venv"
@@ -55,6 +56,7 @@ LINT_PATHS = ("packages", "tools", "tests-integration", "docs")
 
 TEST_TOOLS = ("pytest", "pytest-timeout")
 DEV_TOOLS = (*TEST_TOOLS, "mypy", "ruff", "validate-pyproject[all]", "hatchling", "build")
+EXAMPLE_REQUIREMENTS = ("scikit-learn",)  # docs/examples/train_digits.py: the digits data set
 
 # Timeouts (seconds) for each kind of subprocess.
 T_VENV = 300
@@ -67,6 +69,7 @@ T_LINT = 300
 T_INVARIANTS = 900
 T_ACTIONLINT = 300
 T_TRAIN = 24 * 3600
+T_STRESS = 4 * 3600
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 PYTEST_NO_TESTS = 5
@@ -501,9 +504,8 @@ def ensure_package_venv(session: Session, name: str) -> Path | None:
 def ensure_dev_venv(session: Session) -> Path | None:
     packages = list(session.packages.values())
     groups = [req for pkg in packages for req in pkg.test_group]
-    return ensure_layered_venv(
-        session, "dev", DEV_VENV, packages, discover_plugins(), extras=[*DEV_TOOLS, *groups]
-    )
+    extras = [*DEV_TOOLS, *EXAMPLE_REQUIREMENTS, *groups]
+    return ensure_layered_venv(session, "dev", DEV_VENV, packages, discover_plugins(), extras)
 
 
 # --- the checks ----------------------------------------------------------------------------------
@@ -761,6 +763,20 @@ def cmd_train(opts: argparse.Namespace) -> int:
         return run(cmd, timeout=T_TRAIN, log=log, venv=dev)
 
 
+def cmd_stress(opts: argparse.Namespace) -> int:
+    """Run tools/stress.py ARGS in the dev venv: the 2-process example many times, every run
+    checked to exit 0 and leave no process; the record goes to docs/reliability.md."""
+    session = Session(fresh=False, packages=discover_packages())
+    dev = ensure_dev_venv(session)
+    if dev is None:
+        return summarize(session.results)
+    args = opts.args[1:] if opts.args[:1] == ["--"] else opts.args
+    cmd = [venv_python(dev), rel(TOOLS / "stress.py"), *args]
+    print(f"\n$ {' '.join(map(str, cmd))}", flush=True)
+    with (LOG_DIR / "stress.log").open("w", encoding="utf-8") as log:
+        return run(cmd, timeout=T_STRESS, log=log, venv=dev)
+
+
 def cmd_bench(opts: argparse.Namespace) -> int:
     """Build .venvs/bench (every package editable, lightning-fabric and accelerate from PyPI, the
     shared torch, checked not to be replaced) and run tools/bench/run.py ARGS in it. To rebuild
@@ -813,11 +829,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser(
         "train",
-        help="run docs/examples/train_cpu.py ARGS in the dev venv",
-        description="Every argument goes to docs/examples/train_cpu.py (after `--` too).",
+        help="run docs/examples/train_digits.py ARGS in the dev venv",
+        description="Every argument goes to docs/examples/train_digits.py (after `--` too).",
         add_help=False,
     )
     train.set_defaults(func=cmd_train, args=[])
+
+    stress = commands.add_parser(
+        "stress",
+        help="run the 2-process example 100 times per launcher; record in docs/reliability.md",
+        description="Runs tools/stress.py in the dev venv with the ARGS after --.",
+    )
+    stress.add_argument("args", nargs="*", metavar="-- ARGS", help="arguments for stress.py")
+    stress.set_defaults(func=cmd_stress)
 
     bench = commands.add_parser(
         "bench",

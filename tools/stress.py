@@ -1,6 +1,6 @@
 """Run the 2-process example many times and check that every run exits 0 and leaves nothing.
 
-    python tools/dev.py stress                       # 100 runs of each launcher, then docs/reliability.md
+    python tools/dev.py stress           # 100 runs of each launcher, then docs/reliability.md
     python tools/dev.py stress -- --runs 20 --launcher ddp --no-write
 
 Each run is started in a session of its own; after it ends, no process of that session may be
@@ -12,6 +12,7 @@ the launch code changes and the record was not re-measured.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import platform
@@ -41,7 +42,10 @@ LAUNCH_CODE = (
 LAUNCHERS: dict[str, list[str]] = {
     "ddp": [str(EXAMPLE)],
     "ddp_spawn": [str(EXAMPLE), "--strategy", "ddp_spawn"],
-    "fab-run": ["-m", "fab.core.cli", "run", "--accelerator", "cpu", "--devices", "2", str(EXAMPLE)],
+    "fab-run": [
+        *("-m", "fab.core.cli", "run", "--accelerator", "cpu", "--devices", "2"),
+        str(EXAMPLE),
+    ],
 }
 RUN_TIMEOUT = 120.0
 
@@ -105,10 +109,8 @@ def run_once(python: str, args: list[str]) -> Outcome:
         time.sleep(0.05)
         left = session_processes(process.pid)
     for pid in left:  # never leave them, even when reporting them
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     return Outcome(process.returncode, seconds, len(left), out[-2000:])
 
 

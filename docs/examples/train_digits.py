@@ -32,6 +32,7 @@ work happens in ``train``, which ``fabric.launch`` calls in every process; ``ddp
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -43,6 +44,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from fab.core import Fabric
+from fab.core.loggers import Logger
+from fab.loggers import CSVLogger, TensorBoardLogger, plot_csv
 
 TRAIN_SIZE = 1397  # the other 400 images are the test set
 BAR_WIDTH = 30
@@ -176,10 +179,20 @@ def train(fabric: Fabric, args: argparse.Namespace) -> float:
         progress.epoch(
             epoch + 1, float(totals[0]) / fabric.world_size, float(totals[1]) / seconds, accuracy
         )
+        fabric.log_dict(
+            {
+                "train_loss": float(totals[0]) / fabric.world_size,
+                "test_accuracy": accuracy,
+                "samples_per_s": float(totals[1]) / seconds,
+                "lr": schedule.get_last_lr()[0],
+            },
+            step=epoch + 1,
+        )
         state["epoch"] = epoch + 1
         fabric.save(last, state)
         if args.stop_after is not None and epoch + 1 >= args.stop_after:
             fabric.print(f"stopping after epoch {epoch + 1}; run again with --resume to continue")
+            report_metrics(fabric)
             return accuracy
     fabric.print(
         f"test accuracy {accuracy:.2%} after {args.epochs} epochs on {fabric.world_size} "
@@ -187,7 +200,32 @@ def train(fabric: Fabric, args: argparse.Namespace) -> float:
         f"{time.perf_counter() - progress.start:.1f} s); checkpoint: {last}",
         flush=True,
     )
+    report_metrics(fabric)
     return accuracy
+
+
+def make_loggers(out: Path) -> list[Logger]:
+    """A CSV file of the metrics, and TensorBoard event files when tensorboard is installed."""
+    loggers: list[Logger] = [CSVLogger(out, name="logs")]
+    if importlib.util.find_spec("tensorboard") is not None:
+        loggers.append(TensorBoardLogger(out, name="logs"))
+    return loggers
+
+
+def report_metrics(fabric: Fabric) -> None:
+    """Close the loggers and say, on rank 0, where the metrics are and how to look at them."""
+    for logger in fabric.loggers:
+        logger.finalize("success")
+    if not fabric.is_global_zero:
+        return
+    csv_logger = next(lg for lg in fabric.loggers if isinstance(lg, CSVLogger))
+    print(f"metrics: {csv_logger.metrics_file}")
+    plot = plot_csv(csv_logger.metrics_file, metrics=["train_loss"], title="digits: train loss")
+    if plot is not None:
+        print(f"plot: {plot}")
+    board = next((lg for lg in fabric.loggers if isinstance(lg, TensorBoardLogger)), None)
+    if board is not None:
+        print(f"view: tensorboard --logdir {board.root_dir}", flush=True)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -209,6 +247,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> float:
     args = parse_args(argv)
     fabric = Fabric(
+        loggers=make_loggers(args.out),
         accelerator=args.accelerator,
         devices=args.devices,
         strategy=args.strategy,

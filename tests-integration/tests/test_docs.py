@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import re
 import subprocess
 import sys
@@ -66,3 +67,15 @@ def test_main_job_trains_the_digits_on_two_processes(tmp_path: Path) -> None:
     assert len(finals) == 1, out
     assert float(finals[0]) >= MAIN_JOB_ACCURACY, out
     assert (tmp_path / "last.pt").is_file()
+    # where the metrics are, and how to look at them: a CSV file, its plot, TensorBoard
+    run_dir = tmp_path / "logs" / "version_0"
+    assert f"metrics: {run_dir / 'metrics.csv'}" in out.splitlines(), out
+    with open(run_dir / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["step"] for row in rows] == [str(e) for e in range(1, MAIN_JOB_EPOCHS + 1)]
+    assert float(rows[-1]["test_accuracy"]) * 100 == pytest.approx(float(finals[0]), abs=0.01)
+    assert f"view: tensorboard --logdir {tmp_path / 'logs'}" in out.splitlines(), out
+    assert list(run_dir.glob("events.out.tfevents.*")), "no TensorBoard event file"
+    assert f"plot: {run_dir / 'loss.png'}" in out.splitlines(), out
+    assert (run_dir / "loss.png").read_bytes().startswith(b"\x89PNG")
+    assert not (tmp_path / "logs" / "version_1").exists(), "rank 1 wrote a run of its own"

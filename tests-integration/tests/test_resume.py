@@ -50,4 +50,5 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(tmp_path: Pat
     # The weights did move on from the interrupted ones, and both runs report the same accuracy.
     first = next(iter(straight["model"]))
     assert not torch.equal(interrupted["model"][first], resumed["model"][first])
-    assert straight_out.splitlines()[-1].split(" after")[0] in resumed_out
+    final = next(line for line in straight_out.splitlines() if line.startswith("test accuracy"))
+    assert final.split(" after")[0] in resumed_out

@@ -12,7 +12,8 @@ import fab.loggers
 def test_public_names_are_fab_cores_objects() -> None:
     for name, core_module in {"Logger": "fab.core.loggers"}.items():
         assert getattr(fab.loggers, name) is getattr(importlib.import_module(core_module), name)
-    assert sorted(fab.loggers.__all__) == sorted({"Logger": "fab.core.loggers"})
+    own = ["CSVLogger", "MLFlowLogger", "TensorBoardLogger", "plot_csv"]
+    assert sorted(fab.loggers.__all__) == sorted(["Logger", *own])
 
 
 def test_fab_core_does_not_import_this_package() -> None:

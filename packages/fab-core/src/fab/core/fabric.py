@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from fab.core import registry
 from fab.core.accelerators.accelerator import Accelerator
 from fab.core.connector import AcceleratorArg, PluginArg, PrecisionArg, StrategyArg, connect
-from fab.core.loggers.logger import Logger
+from fab.core.loggers.logger import Logger, metrics_to_numbers
 from fab.core.strategies.strategy import ReduceOp, StateFilter, Strategy
 from fab.core.utilities.apply_func import apply_to_tensors
 from fab.core.utilities.rank_zero import rank_zero_only
@@ -69,7 +69,6 @@ class Fabric:
         self._callbacks = _as_list(callbacks) + _entry_point_callbacks()
         self._loggers = [_resolve_logger(lg) for lg in _as_list(loggers)]
         self._launched = False
-        self._log_step: dict[int, int] = {}
 
     # -- properties ----------------------------------------------------------------------------
 
@@ -180,6 +179,10 @@ class Fabric:
     def _prepare_module(self, module: Module, move_to_device: bool) -> Module:
         module = self._strategy.precision.convert_module(module)
         if move_to_device:
+            # parameters still on the meta device (init_module(empty_init=True), nothing loaded
+            # into them) get memory and their initialization here, before the strategy wraps the
+            # model; without move_to_device the model stays where it is, meta included
+            self._strategy.materialize_module(module)
             self._strategy.module_to_device(module)
         return module
 
@@ -274,7 +277,10 @@ class Fabric:
 
     def init_module(self, empty_init: bool | None = None) -> AbstractContextManager[object]:
         """Create the model's parameters directly on the device, in the precision's dtype; with
-        ``empty_init=True``, skip their initialization (a checkpoint will overwrite them)."""
+        ``empty_init=True``, create them on the meta device: no memory and no initialization
+        until ``setup`` (which allocates and initializes whatever no checkpoint filled) or a
+        ``load``/``load_raw``/``load_state_dict`` (which fills them from the checkpoint). Buffers
+        computed in ``__init__`` stay real. See docs/lazy.md."""
         return self._strategy.module_init_context(empty_init=empty_init)
 
     def sharded_model(self) -> AbstractContextManager[object]:
@@ -345,7 +351,12 @@ class Fabric:
         self, path: str | Path, state: dict[str, Any] | None = None, strict: bool = True
     ) -> dict[str, Any]:
         """Restore ``state``'s objects in place from ``path``; return what the checkpoint has beyond
-        them (everything, without ``state``)."""
+        them (everything, without ``state``).
+
+        The file is read lazily and weights-only (``fab.lazy.lazy_load``): tensors are
+        memory-mapped and read when used. A model created under ``init_module(empty_init=True)``
+        takes the checkpoint's tensors without a copy; a model with memory is copied into in place
+        (``fab.lazy.load_into``). The model's dtypes and Parameter objects are kept."""
         unwrapped = {k: unwrap(v) for k, v in (state or {}).items()}
         remainder = self._strategy.load_checkpoint(path, unwrapped, strict=strict)
         if state is not None:
@@ -358,22 +369,25 @@ class Fabric:
         return remainder
 
     def load_raw(self, path: str | Path, obj: Module | Optimizer, strict: bool = True) -> None:
-        """Load a plain state dict (not a Fabric checkpoint) into a model or optimizer."""
+        """Load a plain state dict (not a Fabric checkpoint: a ``torch.save``'d state dict or a
+        ``.safetensors`` file) into a model or optimizer, lazily as ``load`` does."""
         self._strategy.load_raw(path, unwrap(obj), strict=strict)
 
     # -- logging and callbacks --------------------------------------------------------------------
 
     def log(self, name: str, value: Any, step: int | None = None) -> None:
+        """Send one metric to every logger (on the global-zero process only)."""
         self.log_dict({name: value}, step=step)
 
     def log_dict(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Send ``metrics`` to every logger (on the global-zero process only): one-element
+        tensors become Python numbers, and without a ``step`` each logger uses one more than the
+        last step it recorded."""
         if not self.is_global_zero or not self._loggers:
             return
-        values = {k: _to_number(v) for k, v in metrics.items()}
-        for index, logger in enumerate(self._loggers):
-            current = self._log_step.get(index, 0) if step is None else step
-            logger.log_metrics(values, step=current)
-            self._log_step[index] = current + 1
+        values = metrics_to_numbers(metrics)
+        for logger in self._loggers:
+            logger.log_metrics(values, step=step)
 
     def call(self, hook_name: str, *args: Any, **kwargs: Any) -> None:
         """Call ``hook_name`` on every callback that has it, passing only the keyword arguments its
@@ -429,16 +443,6 @@ def _resolve_logger(logger: Logger | str) -> Logger:
         instance: Logger = registry.LOGGERS.create(logger)
         return instance
     raise TypeError(f"loggers takes Logger instances or logger names, got {logger!r}")
-
-
-def _to_number(value: Any) -> Any:
-    if isinstance(value, Tensor):
-        if value.numel() != 1:
-            raise ValueError(
-                f"can only log a tensor with one element, got shape {tuple(value.shape)}"
-            )
-        return value.detach().cpu().item()
-    return value
 
 
 def _accepted_kwargs(method: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any]:

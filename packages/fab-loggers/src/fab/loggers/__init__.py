@@ -1,6 +1,11 @@
-"""Loggers for fab: the base class (from fab-core) under the name users know. Loggers are
-registered here through the ``fab.loggers`` entry points."""
+"""Loggers for fab, registered in the ``fab.loggers`` entry-point group: ``csv``, ``tensorboard``
+and ``mlflow``. Importing this package imports neither tensorboard nor mlflow: a logger imports its
+library when it first writes."""
 
 from fab.core.loggers import Logger
+from fab.loggers.csv import CSVLogger
+from fab.loggers.mlflow import MLFlowLogger
+from fab.loggers.plot import plot_csv
+from fab.loggers.tensorboard import TensorBoardLogger
 
-__all__ = ["Logger"]
+__all__ = ["CSVLogger", "Logger", "MLFlowLogger", "TensorBoardLogger", "plot_csv"]

@@ -28,6 +28,7 @@ from fab.core.environments import ClusterEnvironment
 from fab.core.io.checkpoint_io import CheckpointIO
 from fab.core.precision.precision import Precision
 from fab.core.utilities.rank_zero import rank_zero_only
+from fab.lazy import require_initialized
 from fab.strategies.dataloaders import shard_dataloader
 from fab.strategies.launchers._lifecycle import exiting_on_error, track_uncaught_exceptions
 from fab.strategies.launchers.multiprocessing import MultiProcessingLauncher
@@ -147,6 +148,9 @@ class DDPStrategy(ParallelStrategy):
     # -- models and data ------------------------------------------------------------------------
 
     def setup_module(self, module: Module) -> Module:
+        # torch's own error names no module ("Modules with uninitialized parameters can't be used
+        # with DistributedDataParallel"); this one names them and says what to do
+        require_initialized(module, "DistributedDataParallel (strategy 'ddp')")
         device_ids = [self.root_device.index] if self.root_device.type == "cuda" else None
         return DistributedDataParallel(module, device_ids=device_ids, **self._ddp_kwargs)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import pickle
 import shutil
 import tempfile
 from pathlib import Path
@@ -12,10 +11,9 @@ from typing import Any
 import torch
 
 from fab.core.io.checkpoint_io import CheckpointIO, PathLike
+from fab.lazy import UnsafeCheckpointError, lazy_load
 
-
-class UnsafeCheckpointError(pickle.UnpicklingError):
-    """A checkpoint holds objects that only a full (code-running) unpickle could restore."""
+__all__ = ["TorchCheckpointIO", "UnsafeCheckpointError", "atomic_torch_save"]
 
 
 class TorchCheckpointIO(CheckpointIO):
@@ -42,29 +40,10 @@ class TorchCheckpointIO(CheckpointIO):
         map_location: str | torch.device | None = None,
         weights_only: bool = True,
     ) -> dict[str, Any]:
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"checkpoint not found: {path}")
-        if path.is_dir():
-            raise IsADirectoryError(
-                f"{path} is a directory (a sharded checkpoint?); this CheckpointIO reads single "
-                "files"
-            )
-        try:
-            loaded = torch.load(path, map_location=map_location, weights_only=weights_only)
-        except pickle.UnpicklingError as err:
-            if not weights_only:
-                raise
-            raise UnsafeCheckpointError(
-                f"refusing to load {path}: it holds objects that a weights-only load cannot "
-                f"restore, and unpickling them could run code ({_reason(err)}). If you trust the "
-                "file, load "
-                "it with weights_only=False, or allow the types with "
-                "torch.serialization.add_safe_globals."
-            ) from err
-        if not isinstance(loaded, dict):
-            raise TypeError(f"{path} holds a {type(loaded).__name__}; expected a checkpoint dict")
-        return loaded
+        """The checkpoint's contents, its tensors memory-mapped from the file and read when used
+        (``fab.lazy.lazy_load``; safetensors files too). A pickle that would run code raises
+        ``UnsafeCheckpointError`` unless ``weights_only=False``."""
+        return lazy_load(path, map_location=map_location, weights_only=weights_only)
 
     def remove_checkpoint(self, path: PathLike) -> None:
         path = Path(path)
@@ -72,12 +51,6 @@ class TorchCheckpointIO(CheckpointIO):
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
-
-
-def _reason(err: Exception) -> str:
-    """The line of torch's weights-only error that names the offending object."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return next((line for line in lines if "GLOBAL" in line), lines[0] if lines else repr(err))
 
 
 def atomic_torch_save(obj: object, path: Path) -> None:

@@ -21,7 +21,14 @@ from fab.core.io.checkpoint_io import CheckpointIO
 from fab.core.launchers.launcher import Launcher
 from fab.core.precision.precision import Precision
 from fab.core.utilities.apply_func import move_data_to_device
-from fab.lazy import skip_init
+from fab.lazy import (
+    MaterializeError,
+    has_meta,
+    load_into,
+    materialize,
+    meta_init,
+    require_initialized,
+)
 
 ReduceOp = Literal["mean", "sum", "max", "min"]
 #: Where a checkpoint keeps the precision's state (a GradScaler's).
@@ -190,14 +197,36 @@ class Strategy(ABC):
     def module_to_device(self, module: Module) -> None:
         module.to(self.root_device)
 
+    def materialize_module(self, module: Module) -> None:
+        """Give the parameters still on the meta device (``init_module(empty_init=True)``) memory
+        on ``root_device`` and initialize them (``reset_parameters``; see
+        :func:`fab.lazy.materialize`), keeping the Parameter objects, ties and real buffers.
+        Called by ``Fabric.setup`` after the precision converted the model and before
+        ``setup_module`` wraps it (DDP then broadcasts rank 0's values). A model with nothing on
+        the meta device (loaded from a checkpoint already) is left alone. Sharding strategies
+        override it to materialize each shard after sharding instead."""
+        if not has_meta(module):
+            return
+        try:
+            materialize(module, self.root_device)
+        except MaterializeError as err:
+            raise MaterializeError(
+                f"{err}. With Fabric, also: load the checkpoint before setup (fabric.load or "
+                "fabric.load_raw into the model from init_module(empty_init=True) fills these "
+                "tensors, and setup then has nothing to initialize), or call "
+                "fab.lazy.materialize(model, fabric.device, init_fn=...) before setup"
+            ) from err
+
     def module_init_context(self, empty_init: bool | None = None) -> AbstractContextManager[object]:
         """Active in ``Fabric.init_module``: new parameters get this process's device and the
-        precision's dtype; with ``empty_init``, their memory is allocated but not initialized (for
-        weights a checkpoint will overwrite). Sharding strategies create them on the meta device."""
+        precision's dtype; with ``empty_init``, they are created on the meta device instead (no
+        memory, no initialization; buffers stay real on the device, see
+        :func:`fab.lazy.meta_init`), for weights a checkpoint will fill or ``setup`` will
+        initialize."""
         stack = ExitStack()
         stack.enter_context(torch.device(self.root_device))
         if empty_init:
-            stack.enter_context(skip_init())
+            stack.enter_context(meta_init())
         stack.enter_context(self.precision.module_init_context())
         return stack
 
@@ -290,7 +319,11 @@ class Strategy(ABC):
     def load_module_state_dict(
         self, module: Module, state_dict: dict[str, Any], strict: bool = True
     ) -> None:
-        module.load_state_dict(state_dict, strict=strict)
+        """Load ``state_dict`` into ``module`` without a second copy in memory
+        (``fab.lazy.load_into``): parameters still on the meta device (``init_module(empty_init=
+        True)``) take the checkpoint's tensors, moved to this process's device; the others are
+        copied into in place. The Parameter objects and the model's dtypes are kept."""
+        load_into(module, state_dict, strict=strict, device=self.root_device)
 
     def get_optimizer_state(self, optimizer: Optimizer) -> dict[str, Any]:
         return optimizer.state_dict()
@@ -364,6 +397,9 @@ class Strategy(ABC):
         converted: dict[str, Any] = {}
         for key, value in state.items():
             if isinstance(value, Module):
+                # torch would write the lazy modules' uninitialized parameters, which no
+                # weights-only load (fab's default, torch's since 2.6) can read back
+                require_initialized(value, f"saving {key!r}")
                 value = self.get_module_state_dict(value)
             elif isinstance(value, Optimizer):
                 value = self.get_optimizer_state(value)
