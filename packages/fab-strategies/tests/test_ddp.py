@@ -268,6 +268,26 @@ def test_several_nodes_need_the_rendezvous_on_every_node() -> None:
         fabric.launch()
 
 
+@pytest.mark.parametrize("strategy", ["ddp", "ddp_spawn", "ddp_fork"])
+def test_multi_process_methods_before_launch_are_an_error(strategy: str) -> None:
+    """Before launch() the other processes do not exist: a collective would silently act alone."""
+    fabric = Fabric(accelerator="cpu", devices=2, strategy=strategy)
+    model = torch.nn.Linear(2, 2)
+    calls = {
+        "setup": lambda: fabric.setup(model),
+        "setup_module": lambda: fabric.setup_module(model),
+        "setup_optimizers": lambda: fabric.setup_optimizers(torch.optim.SGD(model.parameters())),
+        "setup_dataloaders": lambda: fabric.setup_dataloaders(DataLoader(range(4))),
+        "all_reduce": lambda: fabric.all_reduce(torch.ones(1)),
+        "all_gather": lambda: fabric.all_gather(torch.ones(1)),
+        "broadcast": lambda: fabric.broadcast(1),
+        "barrier": lambda: fabric.barrier(),
+    }
+    for name, call in calls.items():
+        with pytest.raises(RuntimeError, match=rf"Fabric\.{name}\(\) was called before .*launch"):
+            call()
+
+
 def test_dp_falls_back_to_ddp_with_a_warning() -> None:
     with pytest.warns(UserWarning, match="strategy='ddp'"):
         fabric = Fabric(accelerator="cpu", devices=1, strategy="dp")

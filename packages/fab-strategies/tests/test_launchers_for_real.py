@@ -246,6 +246,27 @@ def test_fab_run_starts_every_rank(worker: Path, runs: list[Run]) -> None:
     assert_all_gone(run)
 
 
+def test_fab_run_needs_no_launch(tmp_path: Path, runs: list[Run]) -> None:
+    """Under `fab run` the processes exist already: Fabric() sets this one up at once (as
+    Lightning's does under `fabric run`), so a script without launch() gets real collectives."""
+    script = tmp_path / "bare.py"
+    script.write_text(
+        "import os, sys, torch\n"
+        "from fab.core import Fabric\n"
+        "fabric = Fabric()\n"
+        f"open(os.path.join({str(tmp_path)!r}, f'{{fabric.global_rank}}.pid'), 'w')"
+        ".write(str(os.getpid()))\n"
+        "total = fabric.all_reduce(torch.ones(1), reduce_op='sum')\n"
+        "sys.stdout.write(f'rank {fabric.global_rank} sum {total.item():.0f}\\n')\n"
+    )
+    run = Run(fab_run("--accelerator", "cpu", "--devices", "2", str(script)), tmp_path)
+    runs.append(run)
+    code, out, err = run.wait(timeout=90)
+    assert code == 0, err
+    assert sorted(out.split()) == sorted(["rank", "0", "sum", "2", "rank", "1", "sum", "2"])
+    assert_all_gone(run)
+
+
 def test_fab_run_and_the_code_must_agree(worker: Path, runs: list[Run]) -> None:
     pid_dir = worker.parent / "pids"
     # The script asks Fabric for 3 devices; the command line says 2.

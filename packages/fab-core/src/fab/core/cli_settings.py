@@ -30,6 +30,15 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+#: Set by ``fab run`` in every process it starts.
+STARTED_BY_FAB_RUN = "FAB_CLI_USED"
+
+
+def started_by_fab_run() -> bool:
+    """True in a process that ``fab run`` started (its process group can be set up at once)."""
+    return os.environ.get(STARTED_BY_FAB_RUN) == "1"
+
+
 class CLIConflictError(ValueError):
     """``Fabric(...)`` was given a value that ``fab run`` was given differently."""
 

@@ -15,7 +15,7 @@ from torch.nn import Module
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
-from fab.core import registry
+from fab.core import cli_settings, registry
 from fab.core.accelerators.accelerator import Accelerator
 from fab.core.connector import AcceleratorArg, PluginArg, PrecisionArg, StrategyArg, connect
 from fab.core.loggers.logger import Logger, metrics_to_numbers
@@ -69,6 +69,10 @@ class Fabric:
         self._callbacks = _as_list(callbacks) + _entry_point_callbacks()
         self._loggers = [_resolve_logger(lg) for lg in _as_list(loggers)]
         self._launched = False
+        if cli_settings.started_by_fab_run():
+            # `fab run` (torchrun) started every process: set this one up now, as Lightning's
+            # Fabric does under `fabric run`, so the script needs no launch() (one is harmless).
+            self._run_in_process(None, (), {})
 
     # -- properties ----------------------------------------------------------------------------
 
@@ -124,6 +128,8 @@ class Fabric:
         result."""
         if function is not None and not callable(function):
             raise TypeError(f"launch takes a function, got {function!r}")
+        if self._launched:  # already set up (by `fab run`, or an earlier launch)
+            return function(self, *args, **kwargs) if function is not None else None
         launcher = self._strategy.launcher
         if launcher is None:
             return self._run_in_process(function, args, kwargs)
@@ -142,6 +148,22 @@ class Fabric:
         rank_zero_only.rank = self.global_rank  # type: ignore[attr-defined]
         return function(self, *args, **kwargs) if function is not None else None
 
+    def _validate_launched(self, method: str) -> None:
+        """A strategy of several processes needs ``launch()`` first: before it, the processes do
+        not exist or do not know each other, and collectives would silently act alone."""
+        if not self._launched and self._strategy.launch_required:
+            raise RuntimeError(
+                f"Fabric.{method}() was called before Fabric.launch(): strategy "
+                f"{type(self._strategy).__name__} runs {self._processes_text()}processes, which "
+                "launch() starts and connects. Call fabric.launch() first (or "
+                "fabric.launch(fn) and do the work in fn), or start the script with `fab run`"
+            )
+
+    def _processes_text(self) -> str:
+        devices = len(getattr(self._strategy, "parallel_devices", None) or [])
+        nodes = getattr(self._strategy, "num_nodes", 1)
+        return f"{devices * nodes} " if devices else "several "
+
     def run(self, *args: Any, **kwargs: Any) -> Any:
         """Override in a subclass; ``launch()`` without a function then calls it."""
         raise NotImplementedError(
@@ -152,6 +174,7 @@ class Fabric:
 
     def setup(self, module: Module, *optimizers: Optimizer, move_to_device: bool = True) -> Any:
         """Set up a model and its optimizers; returns the wrapped model, or (model, *optimizers)."""
+        self._validate_launched("setup")
         self._check_setup_module(module)
         for optimizer in optimizers:
             self._check_setup_optimizer(optimizer)
@@ -170,6 +193,7 @@ class Fabric:
     def setup_module(self, module: Module, move_to_device: bool = True) -> FabricModule:
         """Set up a model without optimizers (for inference, or to create the optimizers after
         sharding); set them up with ``setup_optimizers``."""
+        self._validate_launched("setup_module")
         self._check_setup_module(module)
         original, compiled_with = unwrap_compiled(module)
         original = self._prepare_module(original, move_to_device)
@@ -187,6 +211,7 @@ class Fabric:
         return module
 
     def setup_optimizers(self, *optimizers: Optimizer) -> Any:
+        self._validate_launched("setup_optimizers")
         if not optimizers:
             raise ValueError("setup_optimizers needs at least one optimizer")
         for optimizer in optimizers:
@@ -202,6 +227,7 @@ class Fabric:
         use_distributed_sampler: bool = True,
         move_to_device: bool = True,
     ) -> Any:
+        self._validate_launched("setup_dataloaders")
         if not dataloaders:
             raise ValueError("setup_dataloaders needs at least one DataLoader")
         wrapped = []
@@ -302,17 +328,21 @@ class Fabric:
     # -- communication ---------------------------------------------------------------------------
 
     def barrier(self, name: str | None = None) -> None:
+        self._validate_launched("barrier")
         self._strategy.barrier(name=name)
 
     def broadcast(self, obj: Any, src: int = 0) -> Any:
+        self._validate_launched("broadcast")
         return self._strategy.broadcast(obj, src=src)
 
     def all_gather(self, data: Any, group: Any | None = None, sync_grads: bool = False) -> Any:
+        self._validate_launched("all_gather")
         return apply_to_tensors(
             data, lambda t: self._strategy.all_gather(t, group=group, sync_grads=sync_grads)
         )
 
     def all_reduce(self, data: Any, group: Any | None = None, reduce_op: ReduceOp = "mean") -> Any:
+        self._validate_launched("all_reduce")
         return apply_to_tensors(
             data, lambda t: self._strategy.all_reduce(t, group=group, reduce_op=reduce_op)
         )

@@ -113,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"fab run: {err}", file=sys.stderr)
             return 2
     os.environ.update(cli_settings.cli_variables(settings))
+    os.environ[cli_settings.STARTED_BY_FAB_RUN] = "1"
     # The workers are this process's children: they end with it, even if it is killed outright.
     os.environ[LAUNCHER_PID_ENV] = str(os.getpid())
     torchrun_args = [

@@ -69,6 +69,10 @@ class ParallelStrategy(Strategy):
         self._cluster_environment = environment
 
     @property
+    def launch_required(self) -> bool:
+        return True
+
+    @property
     def num_processes(self) -> int:
         """Processes per node: one per device."""
         return len(self.parallel_devices) if self.parallel_devices else 1

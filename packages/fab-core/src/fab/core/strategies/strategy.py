@@ -158,6 +158,12 @@ class Strategy(ABC):
         if self._checkpoint_io is None and context.checkpoint_io is not None:
             self._checkpoint_io = context.checkpoint_io
 
+    @property
+    def launch_required(self) -> bool:
+        """Whether ``Fabric.launch()`` must come before setting up models, data and collectives:
+        True for strategies of several processes (they are started and connected there)."""
+        return False
+
     def configure_launcher(self) -> None:
         """Choose ``self._launcher``; called once the accelerator and devices are known."""
 
