@@ -55,6 +55,8 @@ SHARED_PTH = "_fab_shared_torch.pth"
 LINT_PATHS = ("packages", "tools", "tests-integration", "docs")
 
 TEST_TOOLS = ("pytest", "pytest-timeout")
+#: What the mypy-tools step checks, under tools/.
+TOOLS_TYPED = ("*.py", "bench/*.py", "bench/ddp_scripts/*.py")
 DEV_TOOLS = (*TEST_TOOLS, "mypy", "ruff", "validate-pyproject[all]", "hatchling", "build")
 EXAMPLE_REQUIREMENTS = ("scikit-learn",)  # docs/examples/train_digits.py: the digits data set
 
@@ -636,7 +638,7 @@ STEPS_HELP = """steps, in order (every environment is built first, as steps venv
   integration         tests-integration/ in .venv
   tools-tests         tools/tests/ in .venv
   mypy                mypy --strict -p fab.<leaf> for every package   (group `types`)
-  mypy-tools          mypy --strict tools/*.py                        (group `types`)
+  mypy-tools          mypy --strict tools/*.py, tools/bench/**            (group `types`)
   ruff, ruff-format   ruff check / ruff format --check                (group `lint`)
   invariants          tools/check_invariants.py --build
   validate-pyproject  every pyproject.toml
@@ -697,7 +699,7 @@ def run_step(session: Session, step: str, dev: Path | None, opts: argparse.Names
     elif step == "mypy":
         mypy_step(session, dev)
     elif step == "mypy-tools":
-        scripts = sorted(rel(p) for p in TOOLS.glob("*.py"))
+        scripts = sorted(rel(p) for pattern in TOOLS_TYPED for p in TOOLS.glob(pattern))
         python_step(session, step, dev, ["-m", "mypy", "--strict", *scripts], T_MYPY)
     elif step == "ruff":
         python_step(session, step, dev, ["-m", "ruff", "check", *lint_targets()], T_LINT)

@@ -6,20 +6,28 @@
                                               this interpreter lacks torch, fab, lightning-fabric
                                               or accelerate; --here runs it where it is)
 
-Three measurements, each framework in fresh processes of its own so that imports do not interfere:
+Four measurements, each framework in fresh processes of its own so that imports do not interfere:
 
 1. import time: the wall time of `import fab.core` (`import lightning_fabric`, `import accelerate`)
    after `import torch`, in a new interpreter each repetition;
 2. forward overhead: per-call time of a wrapped nn.Linear(16, 16) on a batch of one (timeit);
-3. a whole training step of a small MLP (zero_grad, forward, loss, backward, AdamW step).
+3. a whole training step of a small MLP (zero_grad, forward, loss, backward, AdamW step);
+4. ddp: two processes on CPU over gloo (tools/bench/ddp.py), beside raw PyTorch DDP and Lightning
+   Fabric (HF Accelerate is not in it): training throughput, each framework under torchrun, and
+   the wall time of launching a trivial script with `fab run`, torchrun and `fabric run`.
+5. memory: peak resident memory to create a 2 GiB model and to load a 2 GiB checkpoint into it
+   (tools/bench/memory.py), beside raw PyTorch and Lightning Fabric, each in a fresh process.
 
 For 2 and 3 one worker process per framework stays alive (tools/bench/worker.py) and the
 repetitions go round-robin over the frameworks, so that machine noise falls on all of them alike;
 each worker also times a bare twin of its model in its own process, a paired reference. The
 headline is the minimum over repetitions (the least disturbed); medians are shown beside it.
 
-A full run prints a markdown report and writes it into docs/benchmarks.md between the
-`<!-- bench:start -->` and `<!-- bench:end -->` markers. --quick and --only runs only print.
+A run prints a markdown report. A full run writes it into docs/benchmarks.md: 1-3 between the
+`<!-- bench:start -->` and `<!-- bench:end -->` markers, 4 between `<!-- bench-ddp:start -->` and
+`<!-- bench-ddp:end -->`, 5 between `<!-- bench-memory:start -->` and `<!-- bench-memory:end -->`.
+`--only ddp` (`--only memory`) writes that section alone (each stands on its own); other
+--only runs, --quick runs and --no-docs runs only print.
 """
 
 from __future__ import annotations
@@ -41,7 +49,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # mypy runs from the repository root, where this folder is tools.bench
+    from tools.bench import ddp, memory
+else:  # run as a script, this folder is on sys.path
+    import ddp
+    import memory
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -49,6 +63,8 @@ WORKER = HERE / "worker.py"
 BENCH_VENV = ROOT / ".venvs" / "bench"
 DOC = ROOT / "docs" / "benchmarks.md"
 RESULTS_JSON = ROOT / ".cache" / "bench" / "results.json"
+DDP_JSON = ROOT / ".cache" / "bench" / "ddp.json"
+MEMORY_JSON = ROOT / ".cache" / "bench" / "memory.json"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 COMMAND = "python3 tools/dev.py bench"
 
@@ -68,6 +84,7 @@ DISTRIBUTIONS = (
     "fab-core",
     "fab-wrappers",
     "fab-precision",
+    "fab-strategies",
     "lightning-fabric",
     "lightning",
     "accelerate",
@@ -387,6 +404,8 @@ class Run:
     imports: dict[str, ImportSeries] | None = None
     forward: dict[str, dict[str, Series]] | None = None
     train: dict[str, dict[str, Series]] | None = None
+    ddp: ddp.DDPRun | None = None
+    memory: memory.MemoryRun | None = None
 
 
 NA = "n/a"
@@ -569,11 +588,10 @@ def errors(run: Run) -> list[str]:
     return notes
 
 
-def report(run: Run) -> str:
-    s = run.settings
+def header(run: Run) -> list[str]:
     vers = versions()
     args = f" -- {shlex.join(run.argv)}" if run.argv else ""
-    lines = [
+    return [
         "```bash",
         f"{COMMAND}{args}",
         "```",
@@ -584,6 +602,13 @@ def report(run: Run) -> str:
         f"{run.load_end} at the end",
         f"- Python {platform.python_version()}; "
         + ", ".join(f"{name} {version}" for name, version in vers.items()),
+    ]
+
+
+def report(run: Run) -> str:
+    s = run.settings
+    lines = [
+        *header(run),
         f"- settings: torch.set_num_threads({s['threads']}); import: {s['import_reps']} fresh "
         f"interpreters per framework; forward: {s['forward_rounds']} rounds of about "
         f"{s['forward_target']} s per framework; training step: {s['train_rounds']} rounds of "
@@ -610,12 +635,18 @@ def report(run: Run) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_doc(text: str) -> None:
+def ddp_report(run: Run, result: ddp.DDPRun) -> str:
+    return "\n".join([*header(run), *ddp.report(result)]) + "\n"
+
+
+def write_doc(text: str, start_marker: str = START, end_marker: str = END) -> None:
     doc = DOC.read_text(encoding="utf-8")
-    start, end = doc.find(START), doc.find(END)
+    start, end = doc.find(start_marker), doc.find(end_marker)
     if start < 0 or end < start:
-        raise SystemExit(f"{DOC}: no {START} ... {END} markers to write the results between")
-    new = doc[: start + len(START)] + "\n" + text + doc[end:]
+        raise SystemExit(
+            f"{DOC}: no {start_marker} ... {end_marker} markers to write the results between"
+        )
+    new = doc[: start + len(start_marker)] + "\n" + text + doc[end:]
     DOC.write_text(new, encoding="utf-8")
 
 
@@ -644,7 +675,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tools/bench/run.py", description=__doc__, formatter_class=raw
     )
-    parser.add_argument("--only", metavar="WHAT[,WHAT]", help="import, forward, train")
+    parser.add_argument("--only", metavar="WHAT[,WHAT]", help="import, forward, train, ddp, memory")
     parser.add_argument("--quick", action="store_true", help="few short repetitions (a smoke run)")
     parser.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md")
     parser.add_argument("--here", action="store_true", help="run in this interpreter as it is")
@@ -655,6 +686,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--import-reps", type=int, default=20, help="interpreters per framework")
     parser.add_argument("--forward-rounds", type=int, default=30, help="forward repetitions")
     parser.add_argument("--train-rounds", type=int, default=60, help="training repetitions")
+    parser.add_argument(
+        "--ddp-rounds", type=int, default=5, help="ddp training launches per framework"
+    )
+    parser.add_argument(
+        "--ddp-steps", type=int, default=30, help="steps per timed window (5 per ddp launch)"
+    )
+    parser.add_argument(
+        "--launch-runs", type=int, default=6, help="trivial 2-process launches per launcher"
+    )
     return parser
 
 
@@ -666,10 +706,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if missing and not opts.here and not in_bench_venv:
         print(f"this interpreter lacks {', '.join(missing)}: handing over to tools/dev.py bench")
         return hand_over(args)
-    wanted = {w.strip() for w in (opts.only or "import,forward,train").split(",") if w.strip()}
-    unknown = wanted - {"import", "forward", "train"}
+    parts = ("import", "forward", "train", "ddp", "memory")
+    wanted = {w.strip() for w in (opts.only or ",".join(parts)).split(",") if w.strip()}
+    unknown = wanted - set(parts)
     if unknown:
-        raise SystemExit(f"unknown --only {', '.join(sorted(unknown))}: import, forward, train")
+        raise SystemExit(f"unknown --only {', '.join(sorted(unknown))}: {', '.join(parts)}")
     quick = opts.quick
     settings: dict[str, Any] = {
         "threads": opts.threads,
@@ -702,20 +743,70 @@ def main(argv: Sequence[str] | None = None) -> int:
             setattr(run, bench, groups)
 
         stages.append((bench, stage))
+    if "ddp" in wanted:
+        ddp_settings = ddp.Settings(
+            rounds=1 if quick else opts.ddp_rounds,
+            steps=10 if quick else opts.ddp_steps,
+            windows=2 if quick else ddp.Settings.windows,
+            warmup=3 if quick else ddp.Settings.warmup,
+            launch_runs=1 if quick else opts.launch_runs,
+            threads=opts.threads,
+            env=env,
+        )
+
+        def stage_ddp() -> None:
+            run.ddp = ddp.bench(ddp_settings, progress)
+            progress("")
+            DDP_JSON.parent.mkdir(parents=True, exist_ok=True)
+            DDP_JSON.write_text(json.dumps(ddp.as_json(run.ddp), indent=1) + "\n", encoding="utf-8")
+
+        stages.append(("ddp (2 processes, gloo)", stage_ddp))
+    if "memory" in wanted:
+        memory_settings = (
+            memory.Settings(layers=4, width=1024, env=env) if quick else memory.Settings(env=env)
+        )
+
+        def stage_memory() -> None:
+            run.memory = memory.bench(memory_settings, progress)
+
+        stages.append(("memory (peak RSS, fresh processes)", stage_memory))
     for title, body in stages:
         started = time.monotonic()
         print(f"==> {title}", flush=True)
         body()
         print(f"<== {title} ({time.monotonic() - started:.0f} s)", flush=True)
     run.load_end = load_average()
-    text = report(run)
-    print("\n" + text)
-    save_json(run)
-    if quick or opts.only or opts.no_docs:
-        print(f"(not written to {DOC.relative_to(ROOT)}: only a full run is)")
-    else:
-        write_doc(text)
-        print(f"written to {DOC.relative_to(ROOT)} and {RESULTS_JSON.relative_to(ROOT)}")
+    single = wanted & {"import", "forward", "train"}
+    write = not (quick or opts.no_docs)
+    if single:
+        text = report(run)
+        print("\n" + text)
+        save_json(run)
+        if write and not opts.only:
+            write_doc(text)
+            print(f"written to {DOC.relative_to(ROOT)} and {RESULTS_JSON.relative_to(ROOT)}")
+        else:
+            print(f"(not written to {DOC.relative_to(ROOT)}: only a full run is)")
+    if run.ddp is not None:
+        text = ddp_report(run, run.ddp)
+        print("\n" + text)
+        if write and (not opts.only or wanted == {"ddp"}):
+            write_doc(text, ddp.START, ddp.END)
+            print(
+                f"ddp section written to {DOC.relative_to(ROOT)} and {DDP_JSON.relative_to(ROOT)}"
+            )
+        else:
+            print(f"(ddp section not written to {DOC.relative_to(ROOT)})")
+    if run.memory is not None:
+        text = "\n".join([*header(run), *memory.report(run.memory)]) + "\n"
+        print("\n" + text)
+        MEMORY_JSON.parent.mkdir(parents=True, exist_ok=True)
+        MEMORY_JSON.write_text(json.dumps(memory.as_json(run.memory), indent=1) + "\n")
+        if write and (not opts.only or wanted == {"memory"}):
+            write_doc(text, memory.START, memory.END)
+            print(f"memory section written to {DOC.relative_to(ROOT)}")
+        else:
+            print(f"(memory section not written to {DOC.relative_to(ROOT)})")
     return 0
 
 

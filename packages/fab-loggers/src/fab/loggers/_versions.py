@@ -45,3 +45,39 @@ def check_version(version: int | str | None) -> int | str | None:
 def version_dir_name(version: int | str) -> str:
     """``version_<N>`` for an int, the string itself otherwise."""
     return version if isinstance(version, str) else f"version_{version}"
+
+
+class VersionedFolders:
+    """For a logger that writes files: ``name``, ``version``, ``root_dir`` (``<root_dir>/<name>``)
+    and the run's folder ``<root_dir>/<name>/version_<N>``, the next free N unless given."""
+
+    _root: str
+    _name: str
+    _version: int | str
+
+    def _init_folders(
+        self, root_dir: str | os.PathLike[str], name: str | None, version: int | str | None
+    ) -> bool:
+        """Set the folders up; True when the version was given (it may exist already)."""
+        self._root = os.fspath(root_dir)
+        self._name = name or ""
+        given = check_version(version)
+        self._version = next_version(self.root_dir) if given is None else given
+        return given is not None
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def version(self) -> int | str:
+        return self._version
+
+    @property
+    def root_dir(self) -> str:
+        """``<root_dir>/<name>``: the folder of every version of this experiment."""
+        return os.path.join(self._root, self._name)
+
+    def _version_dir(self) -> str:
+        """``<root_dir>/<name>/version_<N>``."""
+        return os.path.join(self.root_dir, version_dir_name(self._version))

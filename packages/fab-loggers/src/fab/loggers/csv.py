@@ -25,7 +25,7 @@ from fab.core.loggers import Logger
 from fab.core.utilities.rank_zero import rank_zero_warn
 from fab.loggers._hparams import params_to_dict, to_yaml, write_text_atomically
 from fab.loggers._runtime import NoOpExperiment, close_at_exit, is_global_zero
-from fab.loggers._versions import check_version, next_version, version_dir_name
+from fab.loggers._versions import VersionedFolders
 
 METRICS_FILE = "metrics.csv"
 HPARAMS_FILE = "hparams.yaml"
@@ -97,7 +97,7 @@ def _csv_text(columns: list[str], rows: list[dict[str, Any]], header: bool) -> s
     return buffer.getvalue()
 
 
-class CSVLogger(Logger):
+class CSVLogger(VersionedFolders, Logger):
     """Log metrics and hyperparameters to CSV and YAML files on the local file system.
 
     Args:
@@ -124,33 +124,17 @@ class CSVLogger(Logger):
             raise ValueError(
                 f"flush_logs_every_n_steps must be >= 1, got {flush_logs_every_n_steps}"
             )
-        self._root_dir = os.fspath(root_dir)
-        self._name = name or ""
-        given = check_version(version)
-        self._version = next_version(self.root_dir) if given is None else given
+        given = self._init_folders(root_dir, name, version)
         self._prefix = prefix
         self._flush_every = flush_logs_every_n_steps
         self._unflushed = 0
         self._writer: MetricsWriter | None = None
-        self._overwrite_warning = given is not None
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def version(self) -> int | str:
-        return self._version
-
-    @property
-    def root_dir(self) -> str:
-        """``<root_dir>/<name>``: the folder of every version of this experiment."""
-        return os.path.join(self._root_dir, self._name)
+        self._overwrite_warning = given
 
     @property
     def log_dir(self) -> str:
         """``<root_dir>/<name>/version_<N>``: this run's folder."""
-        return os.path.join(self.root_dir, version_dir_name(self._version))
+        return self._version_dir()
 
     @property
     def metrics_file(self) -> Path:

@@ -19,7 +19,7 @@ from torch.nn import Module
 from fab.core.loggers import Logger
 from fab.loggers._hparams import flatten, params_to_dict, to_yaml, write_text_atomically
 from fab.loggers._runtime import NoOpExperiment, close_at_exit, is_global_zero, require
-from fab.loggers._versions import check_version, next_version, version_dir_name
+from fab.loggers._versions import VersionedFolders
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 HPARAMS_FILE = "hparams.yaml"
 
 
-class TensorBoardLogger(Logger):
+class TensorBoardLogger(VersionedFolders, Logger):
     """Log to TensorBoard event files; open them with ``tensorboard --logdir <root_dir>``.
 
     Args:
@@ -57,10 +57,7 @@ class TensorBoardLogger(Logger):
         **kwargs: Any,
     ) -> None:
         require("tensorboard", "TensorBoardLogger", "tensorboard")
-        self._root_dir = os.fspath(root_dir)
-        self._name = name or ""
-        given = check_version(version)
-        self._version = next_version(self.root_dir) if given is None else given
+        self._init_folders(root_dir, name, version)
         self._default_hp_metric = default_hp_metric
         self._prefix = prefix
         self._sub_dir = None if sub_dir is None else os.fspath(sub_dir)
@@ -69,22 +66,9 @@ class TensorBoardLogger(Logger):
         self.hparams: dict[str, Any] = {}
 
     @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def version(self) -> int | str:
-        return self._version
-
-    @property
-    def root_dir(self) -> str:
-        """``<root_dir>/<name>``: the folder of every version of this experiment."""
-        return os.path.join(self._root_dir, self._name)
-
-    @property
     def log_dir(self) -> str:
         """``<root_dir>/<name>/version_<N>[/<sub_dir>]``: where this run's event files go."""
-        log_dir = os.path.join(self.root_dir, version_dir_name(self._version))
+        log_dir = self._version_dir()
         if self._sub_dir is not None:
             log_dir = os.path.join(log_dir, self._sub_dir)
         return os.path.expandvars(os.path.expanduser(log_dir))
