@@ -131,6 +131,14 @@ def _fail_on_rank_1(fabric: Fabric) -> None:
     time.sleep(60)
 
 
+class RunFabric(Fabric):
+    """The subclass pattern: the training is in run()."""
+
+    def run(self, scale: float) -> tuple[int, float]:
+        total = self.all_reduce(torch.tensor([scale * (self.global_rank + 1)]), reduce_op="sum")
+        return self.world_size, float(total)
+
+
 # -- tests --------------------------------------------------------------------------------------
 
 
@@ -286,6 +294,11 @@ def test_multi_process_methods_before_launch_are_an_error(strategy: str) -> None
     for name, call in calls.items():
         with pytest.raises(RuntimeError, match=rf"Fabric\.{name}\(\) was called before .*launch"):
             call()
+
+
+def test_a_subclass_run_launches_the_processes() -> None:
+    fabric = RunFabric(accelerator="cpu", devices=2, strategy="ddp_spawn")
+    assert fabric.run(2.0) == (2, 6.0)  # rank 0's result, after a real all_reduce
 
 
 def test_dp_falls_back_to_ddp_with_a_warning() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import warnings
 from collections.abc import Callable, Generator, Iterable, Mapping
@@ -73,6 +74,10 @@ class Fabric:
             # `fab run` (torchrun) started every process: set this one up now, as Lightning's
             # Fabric does under `fabric run`, so the script needs no launch() (one is harmless).
             self._run_in_process(None, (), {})
+        if type(self).run is not Fabric.run:
+            # A subclass's run() is the training: calling it launches the processes first and
+            # runs it in each (rank 0's result comes back), as with launch(fn).
+            self.run = functools.partial(self.launch, type(self).run)  # type: ignore[method-assign]
 
     # -- properties ----------------------------------------------------------------------------
 
@@ -165,7 +170,8 @@ class Fabric:
         return f"{devices * nodes} " if devices else "several "
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
-        """Override in a subclass; ``launch()`` without a function then calls it."""
+        """Override in a subclass with the training; ``fabric.run(...)`` then launches the
+        processes and calls it in each, as ``launch(fn)`` does, returning rank 0's result."""
         raise NotImplementedError(
             "subclass Fabric and override run(), or pass a function to launch()"
         )
