@@ -23,6 +23,8 @@ def test_import_fab_core_pulls_in_nothing_heavy() -> None:
     assert "torch._dynamo" not in modules
     assert "sympy" not in modules
     assert not [m for m in modules if m.startswith(L2_PREFIXES)]
+    # fab-lazy's loader, materializer and dry run load when first used, not at import
+    assert [m for m in modules if m.startswith("fab.lazy.")] == ["fab.lazy.errors"]
 
 
 def test_a_cpu_fabric_imports_no_l2_package_nor_dynamo() -> None:

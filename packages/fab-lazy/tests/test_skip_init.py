@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from fab.lazy import skip_init
@@ -40,3 +41,22 @@ def test_initialization_works_again_after_the_block() -> None:
         pass
     t = torch.empty(3).fill_(1.0)
     assert torch.equal(t, torch.ones(3))
+
+
+def test_import_is_lazy_and_every_public_name_resolves() -> None:
+    """``import fab.lazy`` (done by ``import fab.core``) loads no submodule; each public name
+    loads its module on first use."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, fab.lazy; print(sorted(m for m in sys.modules if m.startswith('fab.lazy.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    import fab.lazy
+
+    for name in fab.lazy.__all__:
+        assert getattr(fab.lazy, name) is not None, name
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        fab.lazy.nope

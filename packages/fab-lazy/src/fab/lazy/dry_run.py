@@ -19,7 +19,7 @@ from torch.nn import Module, Parameter
 from torch.nn.parameter import is_lazy
 
 from fab.lazy._tensors import swap, uninitialized_like
-from fab.lazy.materialize import _Owned, initialize
+from fab.lazy.materializing import _Owned, initialize
 from fab.lazy.shapes import LazyModuleError, describe_uninitialized
 
 

@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fab.lazy.errors import CheckpointFormatError, UnsafeCheckpointError
+
 PathLike = str | os.PathLike[str]
 MapLocation = str | torch.device | None
 
@@ -56,14 +58,6 @@ _SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
 }
 #: A header larger than this is not a safetensors header (the format caps it at 100 MB).
 _MAX_HEADER = 100_000_000
-
-
-class UnsafeCheckpointError(pickle.UnpicklingError):
-    """A checkpoint holds objects that only a full (code-running) unpickle could restore."""
-
-
-class CheckpointFormatError(ValueError):
-    """A file that is not a checkpoint this loader can read (a damaged or foreign file)."""
 
 
 def lazy_load(

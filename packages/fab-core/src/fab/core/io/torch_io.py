@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from fab.core.io.checkpoint_io import CheckpointIO, PathLike
-from fab.lazy import UnsafeCheckpointError, lazy_load
+from fab.lazy.errors import UnsafeCheckpointError
 
 __all__ = ["TorchCheckpointIO", "UnsafeCheckpointError", "atomic_torch_save"]
 
@@ -43,6 +43,8 @@ class TorchCheckpointIO(CheckpointIO):
         """The checkpoint's contents, its tensors memory-mapped from the file and read when used
         (``fab.lazy.lazy_load``; safetensors files too). A pickle that would run code raises
         ``UnsafeCheckpointError`` unless ``weights_only=False``."""
+        from fab.lazy.loading import lazy_load  # on first use: keeps `import fab.core` cheap
+
         return lazy_load(path, map_location=map_location, weights_only=weights_only)
 
     def remove_checkpoint(self, path: PathLike) -> None:

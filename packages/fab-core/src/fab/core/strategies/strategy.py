@@ -15,20 +15,13 @@ from torch.nn import Module
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
+from fab import lazy  # its functions are imported on first use (fab.lazy is PEP 562-lazy)
 from fab.core.accelerators.accelerator import Accelerator
 from fab.core.environments.environment import ClusterEnvironment
 from fab.core.io.checkpoint_io import CheckpointIO
 from fab.core.launchers.launcher import Launcher
 from fab.core.precision.precision import Precision
 from fab.core.utilities.apply_func import move_data_to_device
-from fab.lazy import (
-    MaterializeError,
-    has_meta,
-    load_into,
-    materialize,
-    meta_init,
-    require_initialized,
-)
 
 ReduceOp = Literal["mean", "sum", "max", "min"]
 #: Where a checkpoint keeps the precision's state (a GradScaler's).
@@ -211,12 +204,12 @@ class Strategy(ABC):
         ``setup_module`` wraps it (DDP then broadcasts rank 0's values). A model with nothing on
         the meta device (loaded from a checkpoint already) is left alone. Sharding strategies
         override it to materialize each shard after sharding instead."""
-        if not has_meta(module):
+        if not lazy.has_meta(module):
             return
         try:
-            materialize(module, self.root_device)
-        except MaterializeError as err:
-            raise MaterializeError(
+            lazy.materialize(module, self.root_device)
+        except lazy.MaterializeError as err:
+            raise lazy.MaterializeError(
                 f"{err}. With Fabric, also: load the checkpoint before setup (fabric.load or "
                 "fabric.load_raw into the model from init_module(empty_init=True) fills these "
                 "tensors, and setup then has nothing to initialize), or call "
@@ -232,7 +225,7 @@ class Strategy(ABC):
         stack = ExitStack()
         stack.enter_context(torch.device(self.root_device))
         if empty_init:
-            stack.enter_context(meta_init())
+            stack.enter_context(lazy.meta_init())
         stack.enter_context(self.precision.module_init_context())
         return stack
 
@@ -329,7 +322,7 @@ class Strategy(ABC):
         (``fab.lazy.load_into``): parameters still on the meta device (``init_module(empty_init=
         True)``) take the checkpoint's tensors, moved to this process's device; the others are
         copied into in place. The Parameter objects and the model's dtypes are kept."""
-        load_into(module, state_dict, strict=strict, device=self.root_device)
+        lazy.load_into(module, state_dict, strict=strict, device=self.root_device)
 
     def get_optimizer_state(self, optimizer: Optimizer) -> dict[str, Any]:
         return optimizer.state_dict()
@@ -405,7 +398,7 @@ class Strategy(ABC):
             if isinstance(value, Module):
                 # torch would write the lazy modules' uninitialized parameters, which no
                 # weights-only load (fab's default, torch's since 2.6) can read back
-                require_initialized(value, f"saving {key!r}")
+                lazy.require_initialized(value, f"saving {key!r}")
                 value = self.get_module_state_dict(value)
             elif isinstance(value, Optimizer):
                 value = self.get_optimizer_state(value)

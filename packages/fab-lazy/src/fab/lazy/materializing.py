@@ -22,7 +22,7 @@ from torch.nn.parameter import is_lazy
 from torch.overrides import TorchFunctionMode
 
 from fab.lazy._tensors import swap, uninitialized_like
-from fab.lazy.skip_init import _NN_INITS, _is_tensor_method
+from fab.lazy.skipping import _NN_INITS, _is_tensor_method
 
 #: A user's initializer: called once with the root module, it writes the tensors it knows.
 InitFn = Callable[[Module], object]
