@@ -159,15 +159,10 @@ class Fabric:
         if not self._launched and self._strategy.launch_required:
             raise RuntimeError(
                 f"Fabric.{method}() was called before Fabric.launch(): strategy "
-                f"{type(self._strategy).__name__} runs {self._processes_text()}processes, which "
+                f"{type(self._strategy).__name__} runs several processes, which "
                 "launch() starts and connects. Call fabric.launch() first (or "
                 "fabric.launch(fn) and do the work in fn), or start the script with `fab run`"
             )
-
-    def _processes_text(self) -> str:
-        devices = len(getattr(self._strategy, "parallel_devices", None) or [])
-        nodes = getattr(self._strategy, "num_nodes", 1)
-        return f"{devices * nodes} " if devices else "several "
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         """Override in a subclass with the training; ``fabric.run(...)`` then launches the

@@ -8,8 +8,6 @@ Registered as ``ddp`` (the script re-run for every rank: "popen"), ``ddp_spawn``
 from __future__ import annotations
 
 import atexit
-import contextlib
-import gc
 import os
 import warnings
 from collections.abc import Generator
@@ -30,7 +28,10 @@ from fab.core.precision.precision import Precision
 from fab.core.utilities.rank_zero import rank_zero_only
 from fab.lazy import require_initialized
 from fab.strategies.dataloaders import shard_dataloader
-from fab.strategies.launchers._lifecycle import exiting_on_error, track_uncaught_exceptions
+from fab.strategies.launchers._lifecycle import (
+    destroy_process_group_cleanly,
+    track_uncaught_exceptions,
+)
 from fab.strategies.launchers.multiprocessing import MultiProcessingLauncher
 from fab.strategies.launchers.subprocess_script import (
     SubprocessScriptLauncher,
@@ -138,7 +139,7 @@ class DDPStrategy(ParallelStrategy):
         )
         # A gloo group that is never destroyed makes some processes abort at exit.
         track_uncaught_exceptions()
-        atexit.register(_destroy_process_group_at_exit)
+        atexit.register(destroy_process_group_cleanly)
 
     def teardown(self) -> None:
         _destroy_process_group()
@@ -197,20 +198,6 @@ def _share_cpu_threads(device: torch.device, processes_per_node: int) -> None:
 def _destroy_process_group() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def _destroy_process_group_at_exit() -> None:
-    """Destroy the process group when the interpreter exits. After a clean run, first release what
-    still uses it (a DDP reducer) and wait for every rank, since a rank that leaves while a peer
-    still talks to it can make gloo abort that peer. After an uncaught exception, no barrier: the
-    peers may be inside another collective, and this one must not meet theirs."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return
-    if not exiting_on_error():
-        gc.collect()
-        with contextlib.suppress(Exception):  # a peer that failed is reported by the launcher
-            dist.barrier()
-    dist.destroy_process_group()
 
 
 # -- registered factories ----------------------------------------------------------------------

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -19,6 +20,8 @@ from fab.core.io.checkpoint_io import CheckpointIO
 from fab.core.precision.precision import Precision
 from fab.core.strategies.strategy import ReduceOp, StateFilter, Strategy, StrategyContext
 from fab.strategies.environments.detect import detect_environment
+
+_T = TypeVar("_T")
 
 _REDUCE_OPS = {
     "sum": dist.ReduceOp.SUM,
@@ -193,12 +196,12 @@ class ParallelStrategy(Strategy):
         """Every process converts ``state``; global rank 0 alone writes the file. Every process
         returns once the file is written, and if the save failed on any process (rank 0 could not
         write), it raises on every process instead of leaving the others waiting."""
-        error: Exception | None = None
-        try:
-            super().save_checkpoint(path, state, storage_options=storage_options, filter=filter)
-        except Exception as err:
-            error = err
-        self._raise_if_any_failed(error, f"saving the checkpoint to {path}")
+        self._on_every_process(
+            f"saving the checkpoint to {path}",
+            lambda: super(ParallelStrategy, self).save_checkpoint(
+                path, state, storage_options=storage_options, filter=filter
+            ),
+        )
 
     def load_checkpoint(
         self, path: str | Path, state: dict[str, Any] | None = None, strict: bool = True
@@ -206,35 +209,35 @@ class ParallelStrategy(Strategy):
         """Every process reads ``path`` and restores its own replica in place. If that fails on
         any process (a missing file, a file that only some processes can see), it raises on
         every process."""
-        error: Exception | None = None
-        remainder: dict[str, Any] = {}
-        try:
-            remainder = super().load_checkpoint(path, state, strict=strict)
-        except Exception as err:
-            error = err
-        self._raise_if_any_failed(error, f"loading the checkpoint {path}")
-        return remainder
+        remainder: dict[str, Any] | None = self._on_every_process(
+            f"loading the checkpoint {path}",
+            lambda: super(ParallelStrategy, self).load_checkpoint(path, state, strict=strict),
+        )
+        return remainder or {}
 
     def load_raw(self, path: str | Path, obj: Module | Optimizer, strict: bool = True) -> None:
         """As :meth:`load_checkpoint`: it raises on every process if it fails on any."""
+        self._on_every_process(
+            f"loading {path}", lambda: super(ParallelStrategy, self).load_raw(path, obj, strict)
+        )
+
+    def _on_every_process(self, action: str, call: Callable[[], _T]) -> _T | None:
+        """Collective: run ``call`` here; return its result on every process when it succeeded
+        on all of them; otherwise raise on every process: its own error where it happened, a
+        ``RuntimeError`` naming the rank that failed (and its error) on the others."""
         error: Exception | None = None
+        result: _T | None = None
         try:
-            super().load_raw(path, obj, strict=strict)
+            result = call()
         except Exception as err:
             error = err
-        self._raise_if_any_failed(error, f"loading {path}")
-
-    def _raise_if_any_failed(self, error: Exception | None, action: str) -> None:
-        """Collective: return on every process when ``error`` is None on all of them; otherwise
-        raise on every process: ``error`` where it happened, a ``RuntimeError`` naming the rank
-        that failed (and its error) on the others."""
         if not self._distributed():
             if error is not None:
                 raise error
-            return
-        if self.reduce_boolean_decision(error is None, all=True):
-            return
-        _raise_failure(self.global_rank, self.world_size, error, action)
+            return result
+        if not self.reduce_boolean_decision(error is None, all=True):
+            _raise_failure(self.global_rank, self.world_size, error, action)
+        return result
 
 
 def _raise_failure(rank: int, world_size: int, error: Exception | None, action: str) -> NoReturn:

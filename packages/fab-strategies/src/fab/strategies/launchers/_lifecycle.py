@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import gc
 import os
 import signal
 import subprocess
@@ -14,6 +15,8 @@ import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
+
+import torch.distributed as dist
 
 #: ``prctl`` option that sends a signal to this process when its parent dies (Linux).
 _PR_SET_PDEATHSIG = 1
@@ -78,6 +81,21 @@ def _watch_parent(parent: int) -> None:
     while os.getppid() == parent:
         time.sleep(1.0)
     os._exit(1)
+
+
+def destroy_process_group_cleanly() -> None:
+    """Destroy the default process group, if there is one. After a clean run, first release what
+    still uses it (a DDP reducer) and wait for every rank, since a rank that leaves while a peer
+    still talks to it can make gloo abort that peer (SIGABRT at exit). After an uncaught
+    exception, no barrier: the peers may be inside another collective, and this one must not meet
+    theirs."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if not exiting_on_error():
+        gc.collect()
+        with contextlib.suppress(Exception):  # a peer that failed is reported by the launcher
+            dist.barrier()
+    dist.destroy_process_group()
 
 
 def stop_processes(processes: Sequence[subprocess.Popen[bytes]], grace: float) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import gc
 import multiprocessing
 import os
 import pickle
@@ -14,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.multiprocessing.spawn import (
     ProcessExitedException,
@@ -26,7 +24,7 @@ from fab.core.environments import ClusterEnvironment
 from fab.core.launchers import Launcher
 from fab.core.utilities.network import ensure_port_free
 from fab.strategies.environments.fab import FabEnvironment
-from fab.strategies.launchers._lifecycle import die_with_parent
+from fab.strategies.launchers._lifecycle import destroy_process_group_cleanly, die_with_parent
 
 StartMethod = Literal["spawn", "fork", "forkserver"]
 #: How long the others get to stop once one process failed, before they are killed.
@@ -201,17 +199,7 @@ def _run_rank(
         raise
     # A multiprocessing child leaves through os._exit, which skips atexit handlers: destroy the
     # process group here, or gloo aborts some processes at exit (SIGABRT) after the work is done.
-    if dist.is_available() and dist.is_initialized():
-        _destroy_process_group_together()
-
-
-def _destroy_process_group_together() -> None:
-    """Release what still uses the group (a DDP reducer), wait for every rank, then destroy it:
-    a rank that leaves while a peer still talks to it can make gloo abort that peer."""
-    gc.collect()
-    with contextlib.suppress(Exception):  # a peer that failed is reported by the launcher
-        dist.barrier()
-    dist.destroy_process_group()
+    destroy_process_group_cleanly()
 
 
 def _check_picklable(function: Callable[..., Any], args: Any, kwargs: Any) -> None:
