@@ -78,7 +78,8 @@ def merge(name: str, in_code: Any, from_cli: str | None) -> Any:
 
 
 def _is_default(value: Any, default: Any) -> bool:
-    return value is default or (isinstance(value, str) and value == default)
+    """Equal to the default and of its type (``1`` is num_nodes' default, ``True`` is not)."""
+    return value is default or (type(value) is type(default) and value == default)
 
 
 def parse_value(name: str, raw: str) -> Any:
