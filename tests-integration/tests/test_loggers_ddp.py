@@ -1,6 +1,7 @@
-"""Loggers under two real processes (gloo on CPU, ``ddp_spawn``): rank 0 writes, rank 1 writes
-nothing, and what was logged reads back with the real libraries: csv.DictReader, tensorboard's
-EventAccumulator, MLflow's MlflowClient, and the third-party ``acme_memory`` logger by name.
+"""Loggers under two real processes (gloo on CPU, ``ddp_spawn``, and ``ddp``, which runs the script
+again for rank 1): rank 0 writes, rank 1 writes nothing but names the same folders, and what was
+logged reads back with the real libraries: csv.DictReader, tensorboard's EventAccumulator, MLflow's
+MlflowClient, and the third-party ``acme_memory`` logger by name.
 
 Every function given to ``launch`` is at module level (spawn pickles it)."""
 
@@ -9,6 +10,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -117,7 +120,13 @@ def test_rank_zero_writes_csv_tensorboard_and_mlflow_and_rank_one_nothing(tmp_pa
     assert all(float(row["loss"]) >= 0 for row in rows[:STEPS])
     assert rows[-1]["from_rank"] == "0"
     assert (Path(csv_logger.log_dir) / "hparams.yaml").read_text() == "lr: 0.1\nworld_size: 2\n"
-    assert sorted(p.name for p in (tmp_path / "logs" / "ddp").iterdir()) == ["version_0"]
+    # Each logger claimed a version of its own when it was made (as Lightning's two loggers in one
+    # folder end up); rank 1 claimed none.
+    assert (csv_logger.version, tb_logger.version) == (0, 1)
+    assert sorted(p.name for p in (tmp_path / "logs" / "ddp").iterdir()) == [
+        "version_0",
+        "version_1",
+    ]
 
     # TensorBoard: one event file (rank 1 opened no writer), every step once.
     event_files = list(Path(tb_logger.log_dir).glob("events.out.tfevents.*"))
@@ -173,3 +182,50 @@ def test_buffered_rows_reach_the_file_when_rank_zero_exits_without_finalize(
     fabric.launch(_log_without_finalize)
     with open(logger.metrics_file, newline="") as handle:
         assert list(csv.DictReader(handle)) == [{"step": "0", "loss": "0.0"}]
+
+
+# Strategy "ddp" runs this script again for rank 1, which makes its own loggers. Rank 0 logs
+# before launch, so that its version folder holds a file when rank 1 looks.
+DDP_SCRIPT = """
+import json, sys
+from pathlib import Path
+from fab.core import Fabric
+from fab.loggers import CSVLogger, TensorBoardLogger
+
+root = Path(sys.argv[1])
+loggers = [CSVLogger(root, name="ddp"), TensorBoardLogger(root, name="ddp")]
+loggers[0].log_metrics({"before_launch": 1.0}, step=0)
+loggers[0].save()
+fabric = Fabric(accelerator="cpu", devices=2, strategy="ddp", loggers=loggers)
+
+def run(fabric):
+    fabric.log("loss", 1.0 + fabric.global_rank)
+    for logger in fabric.loggers:
+        logger.finalize("success")
+    seen = [[logger.version, logger.log_dir] for logger in fabric.loggers]
+    (root / f"rank{fabric.global_rank}.json").write_text(json.dumps(seen))
+
+fabric.launch(run)
+"""
+
+
+def test_under_ddp_rank_one_names_rank_zeros_versions_and_claims_none(tmp_path: Path) -> None:
+    script = tmp_path / "train.py"
+    script.write_text(DDP_SCRIPT)
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=150
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rank0 = json.loads((tmp_path / "rank0.json").read_text())
+    rank1 = json.loads((tmp_path / "rank1.json").read_text())
+    assert rank0 == [
+        [0, str(tmp_path / "ddp" / "version_0")],
+        [1, str(tmp_path / "ddp" / "version_1")],
+    ]
+    assert rank1 == rank0
+    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == ["version_0", "version_1"]
+    with open(tmp_path / "ddp" / "version_0" / "metrics.csv", newline="") as handle:
+        assert list(csv.DictReader(handle)) == [
+            {"step": "0", "before_launch": "1.0", "loss": ""},
+            {"step": "1", "before_launch": "", "loss": "1.0"},
+        ]

@@ -28,7 +28,7 @@ def test_layout_is_root_name_version_and_versions_count_up(tmp_path: Path) -> No
     second = CSVLogger(tmp_path, name="exp")
     assert first.version == 0
     assert second.version == 1
-    assert first.root_dir == str(tmp_path / "exp")
+    assert first.root_dir == str(tmp_path)  # the root as given, as in Lightning
     assert first.log_dir == str(tmp_path / "exp" / "version_0")
     assert first.metrics_file == tmp_path / "exp" / "version_0" / "metrics.csv"
     assert CSVLogger(tmp_path, name="exp", version="run-a").log_dir == str(tmp_path / "exp/run-a")
@@ -221,3 +221,64 @@ def test_buffered_rows_are_written_when_the_process_exits(tmp_path: Path) -> Non
     assert read_rows(tmp_path / "lightning_logs/version_0/metrics.csv") == [
         {"step": "0", "loss": "1.0"}
     ]
+
+
+def test_a_metric_named_step_keeps_its_own_column_beside_the_step(tmp_path: Path) -> None:
+    logger = CSVLogger(tmp_path)
+    fabric = Fabric(loggers=logger)
+    with pytest.warns(UserWarning, match="writes the metric 'step' to the column 'step_metric'"):
+        fabric.log_dict({"step": 7, "loss": 1.0}, step=3)
+    fabric.log_dict({"step": 8, "loss": 0.5})
+    logger.log_metrics({"step": 9, "step_metric": 0.0}, step=10)
+    logger.finalize("success")
+    assert read_rows(logger.metrics_file) == [
+        {"step": "3", "step_metric": "7", "loss": "1.0", "step_metric_": ""},
+        {"step": "4", "step_metric": "8", "loss": "0.5", "step_metric_": ""},
+        {"step": "10", "step_metric": "0.0", "loss": "", "step_metric_": "9"},
+    ]
+
+
+def test_the_version_is_claimed_when_the_logger_is_made(tmp_path: Path) -> None:
+    first = CSVLogger(tmp_path, name="exp")
+    assert (tmp_path / "exp" / "version_0").is_dir()
+    second = CSVLogger(tmp_path, name="exp")  # nothing logged by the first yet
+    assert (first.version, second.version) == (0, 1)
+    assert not (tmp_path / "exp" / "version_0" / "metrics.csv").exists()
+
+
+def test_other_ranks_have_no_version_of_their_own(tmp_path: Path, as_rank_one: None) -> None:
+    logger = CSVLogger(tmp_path)
+    assert logger.version is None
+    with pytest.raises(RuntimeError, match=r"no version on global rank 1: .* claimed by rank 0"):
+        _ = logger.log_dir
+    assert CSVLogger(tmp_path, version=2).log_dir == str(tmp_path / "lightning_logs/version_2")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_purge_step_continues_the_versions_file_without_later_rows(tmp_path: Path) -> None:
+    first = CSVLogger(tmp_path, flush_logs_every_n_steps=1)
+    for step in range(1, 5):  # a run that checkpointed after step 2 and crashed after step 4
+        first.log_metrics({"loss": 1.0 / step}, step=step)
+    first.log_hyperparams({"lr": 0.1})
+    first.finalize("success")
+
+    resumed = CSVLogger(tmp_path, version=first.version, purge_step=3)
+    assert read_rows(resumed.metrics_file)[-1]["step"] == "4"  # nothing happens before it writes
+    resumed.log_metrics({"loss": 0.3, "acc": 0.9}, step=3)
+    resumed.log_metrics({"loss": 0.2}, step=4)
+    resumed.finalize("success")
+    assert read_rows(resumed.metrics_file) == [
+        {"step": "1", "loss": "1.0", "acc": ""},
+        {"step": "2", "loss": "0.5", "acc": ""},
+        {"step": "3", "loss": "0.3", "acc": "0.9"},
+        {"step": "4", "loss": "0.2", "acc": ""},
+    ]
+    files = sorted(p.name for p in Path(resumed.log_dir).iterdir())
+    assert files == ["hparams.yaml", "metrics.csv"]
+
+
+def test_purge_step_without_an_earlier_file_starts_one(tmp_path: Path) -> None:
+    logger = CSVLogger(tmp_path, version="fresh", purge_step=5)
+    logger.log_metrics({"loss": 1.0}, step=5)
+    logger.finalize("success")
+    assert read_rows(logger.metrics_file) == [{"step": "5", "loss": "1.0"}]

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from fab.loggers import CSVLogger, plot_csv
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def logged_csv(tmp_path: Path) -> Path:
@@ -51,3 +55,60 @@ def test_without_matplotlib_it_returns_none(
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     assert plot_csv(path) is None
     assert not (path.parent / "loss.png").exists()
+
+
+def saved_figures(monkeypatch: pytest.MonkeyPatch) -> list[Figure]:
+    """The figures plot_csv saves, to look at their axes (each PNG is still written)."""
+    from matplotlib.figure import Figure
+
+    figures: list[Figure] = []
+    save = Figure.savefig
+
+    def keep(figure: Figure, *args: Any, **kwargs: Any) -> None:
+        figures.append(figure)
+        save(figure, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    return figures
+
+
+def test_loss_is_on_a_log_axis_with_accuracy_beside_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("matplotlib")
+    import numpy as np
+
+    figures = saved_figures(monkeypatch)
+    logger = CSVLogger(tmp_path)
+    for epoch in range(1, 6):
+        logger.log_metrics({"train_loss": 2.0 / epoch**2, "test_accuracy": 1 - 0.5 / epoch}, epoch)
+    logger.finalize("success")
+    png = plot_csv(logger.metrics_file, beside=["test_accuracy"], x_label="epoch")
+    assert png is not None
+    assert png.exists()
+    loss_axes, accuracy_axes = figures[0].axes
+    assert loss_axes.get_yscale() == "log"
+    assert loss_axes.get_xlabel() == accuracy_axes.get_xlabel() == "epoch"
+    assert loss_axes.get_ylabel() == "train_loss"
+    assert accuracy_axes.get_ylabel() == "test_accuracy"
+    assert accuracy_axes.get_yscale() == "linear"
+    line = accuracy_axes.lines[0]
+    assert np.asarray(line.get_xdata()).tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert np.asarray(line.get_ydata()).tolist() == pytest.approx([0.5, 0.75, 5 / 6, 0.875, 0.9])
+
+
+def test_a_linear_axis_for_values_a_log_axis_cannot_show(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("matplotlib")
+    figures = saved_figures(monkeypatch)
+    path = tmp_path / "m.csv"
+    path.write_text("step,loss,score\n0,1.0,-1.0\n1,0.0,2.0\n")
+    plot_csv(path)
+    plot_csv(path, metrics=["score"])
+    assert [figure.axes[0].get_yscale() for figure in figures] == ["linear", "linear"]
+    assert figures[0].axes[0].get_xlabel() == "step"
+    with pytest.raises(ValueError, match=r"log_scale=True needs every value of \['loss'\] above"):
+        plot_csv(path, log_scale=True)
+    with pytest.raises(ValueError, match="no column \\['acc'\\]"):
+        plot_csv(path, beside=["acc"])

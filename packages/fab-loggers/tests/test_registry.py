@@ -31,8 +31,9 @@ def test_fabric_takes_logger_names(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     fabric.log("loss", 1.0)
     for logger in fabric.loggers:
         logger.finalize("success")
+    # Each file logger claimed a version of its own, as Lightning's two loggers end up.
     assert (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").exists()
-    assert list((tmp_path / "lightning_logs" / "version_0").glob("events.out.tfevents.*"))
+    assert list((tmp_path / "lightning_logs" / "version_1").glob("events.out.tfevents.*"))
     assert (tmp_path / "mlruns").is_dir()
 
 
@@ -44,18 +45,24 @@ def test_a_missing_library_says_what_to_install(
     module: str, cls: type, extra: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setitem(sys.modules, module, None)
+    monkeypatch.chdir(tmp_path)  # where Fabric(loggers=["csv"]) claims its version
     with pytest.raises(ModuleNotFoundError, match=f"pip install 'fab-loggers\\[{extra}\\]'"):
         cls(save_dir=tmp_path) if cls is MLFlowLogger else cls(tmp_path)
     Fabric(loggers=["csv"])  # the others still work
 
 
-def test_importing_the_package_imports_neither_tensorboard_nor_mlflow() -> None:
+def test_importing_the_package_imports_neither_tensorboard_nor_mlflow(tmp_path: Path) -> None:
     code = (
         "import sys, fab.loggers; from fab.core import Fabric; Fabric(loggers=['csv'])\n"
         "print(sorted(m for m in ('tensorboard', 'mlflow', 'matplotlib', 'torch.utils.tensorboard')"
         " if m in sys.modules))"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        cwd=tmp_path,
     )
     assert out.stdout.strip() == "[]"

@@ -3,12 +3,15 @@
 Layout: ``<root_dir>/<name>/version_<N>/metrics.csv`` and ``hparams.yaml`` beside it.
 
 - Columns are ``step`` and then every metric name, in the order they first appeared. A row leaves
-  empty the metrics it did not log.
+  empty the metrics it did not log. ``step`` always holds the step; a metric that is itself named
+  ``step`` goes to the column ``step_metric``.
 - Rows are buffered and written every ``flush_logs_every_n_steps`` calls of ``log_metrics``, on
   ``save()``, on ``finalize()``, and when the process exits.
 - The file on disk is always a whole CSV file: appended rows go in one write, and when a new metric
   name widens the header, the file is rewritten with every earlier row into a temporary file that
   replaces it in one rename.
+- A resumed run continues its version's file when given ``purge_step``: the rows logged before
+  that step stay, later ones (logged after the checkpoint it resumes from) go.
 """
 
 from __future__ import annotations
@@ -30,12 +33,16 @@ from fab.loggers._versions import VersionedFolders
 METRICS_FILE = "metrics.csv"
 HPARAMS_FILE = "hparams.yaml"
 STEP_COLUMN = "step"
+#: Where a metric named ``step`` goes, since the ``step`` column holds the step.
+STEP_METRIC_COLUMN = "step_metric"
 
 
 class MetricsWriter:
     """Keeps the rows of one ``metrics.csv`` until they are flushed, and the file's header."""
 
-    def __init__(self, log_dir: Path, overwrite_warning: bool) -> None:
+    def __init__(
+        self, log_dir: Path, overwrite_warning: bool, purge_step: int | None = None
+    ) -> None:
         self.log_dir = log_dir
         self.metrics_file = log_dir / METRICS_FILE
         self.hparams_file = log_dir / HPARAMS_FILE
@@ -43,6 +50,24 @@ class MetricsWriter:
         self.rows: list[dict[str, Any]] = []  # logged, not yet written
         self.hparams: dict[str, Any] = {}
         self._checked_existing = not overwrite_warning
+        if purge_step is not None:
+            self._checked_existing = True
+            self._continue(purge_step)
+
+    def _continue(self, purge_step: int) -> None:
+        """Take over the existing file, without its rows at ``purge_step`` or later."""
+        if not self.metrics_file.exists():
+            return
+        with self.metrics_file.open(encoding="utf-8", newline="") as existing:
+            reader = csv.DictReader(existing)
+            columns = list(reader.fieldnames or [])
+            rows = list(reader)
+        kept = [row for row in rows if _step_of(row) < purge_step]
+        if STEP_COLUMN not in columns:
+            columns.insert(0, STEP_COLUMN)
+        if kept != rows or columns != list(reader.fieldnames or []):
+            write_text_atomically(self.metrics_file, _csv_text(columns, kept, header=True))
+        self.columns = columns
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
         self.rows.append({STEP_COLUMN: step, **metrics})
@@ -88,6 +113,14 @@ class MetricsWriter:
         self.columns = columns
 
 
+def _step_of(row: Mapping[str, Any]) -> float:
+    """A row's step as a number; a row without one counts as logged first."""
+    try:
+        return float(row.get(STEP_COLUMN) or "-inf")
+    except ValueError:
+        return float("-inf")
+
+
 def _csv_text(columns: list[str], rows: list[dict[str, Any]], header: bool) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, restval="", lineterminator="\n")
@@ -108,6 +141,9 @@ class CSVLogger(VersionedFolders, Logger):
             ``version_<N>``.
         prefix: put in front of every metric name (``prefix-loss``).
         flush_logs_every_n_steps: write the buffered rows every this many ``log_metrics`` calls.
+        purge_step: continue the version's existing ``metrics.csv`` (when resuming a run), without
+            the rows at this step or later, as ``SummaryWriter(purge_step=...)`` does for
+            TensorBoard. Not in Lightning, whose CSVLogger starts the file again.
     """
 
     LOGGER_JOIN_CHAR = "-"
@@ -119,6 +155,8 @@ class CSVLogger(VersionedFolders, Logger):
         version: int | str | None = None,
         prefix: str = "",
         flush_logs_every_n_steps: int = 100,
+        *,
+        purge_step: int | None = None,
     ) -> None:
         if flush_logs_every_n_steps < 1:
             raise ValueError(
@@ -130,10 +168,13 @@ class CSVLogger(VersionedFolders, Logger):
         self._unflushed = 0
         self._writer: MetricsWriter | None = None
         self._overwrite_warning = given
+        self._purge_step = purge_step
+        self._warned_step_metric = False
 
     @property
     def log_dir(self) -> str:
-        """``<root_dir>/<name>/version_<N>``: this run's folder."""
+        """``<root_dir>/<name>/version_<N>``: this run's folder (see ``version`` on ranks other
+        than 0)."""
         return self._version_dir()
 
     @property
@@ -151,6 +192,8 @@ class CSVLogger(VersionedFolders, Logger):
         assert step is not None, "Logger gives log_metrics a step"
         if self._prefix:
             metrics = {f"{self._prefix}{self.LOGGER_JOIN_CHAR}{k}": v for k, v in metrics.items()}
+        if STEP_COLUMN in metrics:
+            metrics = self._step_metric_moved(metrics)
         self._open().log_metrics(metrics, step)
         self._unflushed += 1
         if self._unflushed >= self._flush_every:
@@ -169,9 +212,23 @@ class CSVLogger(VersionedFolders, Logger):
     def finalize(self, status: str) -> None:
         self.save()
 
+    def _step_metric_moved(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
+        """``metrics`` with the one named ``step`` renamed: the ``step`` column holds the step."""
+        column = STEP_METRIC_COLUMN
+        while column in metrics:
+            column += "_"
+        if not self._warned_step_metric:
+            self._warned_step_metric = True
+            rank_zero_warn(
+                f"CSVLogger writes the metric 'step' to the column '{column}': the column 'step' "
+                "holds the step given to log_metrics (or counted). Give the metric another name "
+                "to choose its column"
+            )
+        return {(column if key == STEP_COLUMN else key): value for key, value in metrics.items()}
+
     def _open(self) -> MetricsWriter:
         if self._writer is None:
-            writer = MetricsWriter(Path(self.log_dir), self._overwrite_warning)
+            writer = MetricsWriter(Path(self.log_dir), self._overwrite_warning, self._purge_step)
             writer.log_dir.mkdir(parents=True, exist_ok=True)
             close_at_exit(self, writer.flush)
             self._writer = writer

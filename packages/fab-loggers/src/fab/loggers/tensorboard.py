@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor
 from torch.nn import Module
 
-from fab.core.loggers import Logger
+from fab.core import is_wrapped
+from fab.core.loggers import Logger, metrics_to_numbers
+from fab.core.utilities.rank_zero import rank_zero_warn
 from fab.loggers._hparams import flatten, params_to_dict, to_yaml, write_text_atomically
 from fab.loggers._runtime import NoOpExperiment, close_at_exit, is_global_zero, require
 from fab.loggers._versions import VersionedFolders
@@ -45,6 +47,7 @@ class TensorBoardLogger(VersionedFolders, Logger):
     """
 
     LOGGER_JOIN_CHAR = "-"
+    _expand_paths = True
 
     def __init__(
         self,
@@ -98,35 +101,58 @@ class TensorBoardLogger(VersionedFolders, Logger):
     def log_hyperparams(
         self,
         params: Mapping[str, Any] | Namespace,
-        metrics: Mapping[str, float] | None = None,
+        metrics: Mapping[str, float] | float | Tensor | None = None,
         *args: Any,
         **kwargs: Any,
     ) -> None:
         """Record ``params`` in ``hparams.yaml`` and TensorBoard's HPARAMS tab, with ``metrics``
-        (or ``hp_metric`` = -1 with ``default_hp_metric``) as the run's result metrics."""
+        (or ``hp_metric`` = -1 with ``default_hp_metric``) as the run's result metrics; a single
+        number is ``hp_metric``. Values may be tensors or NumPy values: one element is its number,
+        more are written as text."""
         from torch.utils.tensorboard.summary import hparams
 
         values = params_to_dict(params)
         self.hparams.update(values)
         write_text_atomically(Path(self.log_dir) / HPARAMS_FILE, to_yaml(self.hparams))
-        if metrics is None and self._default_hp_metric:
-            metrics = {"hp_metric": -1}
-        if not metrics:
+        results: Mapping[str, Any]
+        if metrics is None:
+            results = {"hp_metric": -1} if self._default_hp_metric else {}
+        elif not isinstance(metrics, Mapping):
+            results = {"hp_metric": metrics}
+        else:
+            results = metrics
+        if not results:
             return
-        self.log_metrics(metrics, 0)
+        results = metrics_to_numbers(results)
+        self.log_metrics(results, 0)
         flat = {k: _tensorboard_value(v) for k, v in flatten(values).items()}
         writer = self._open()
         file_writer = writer._get_file_writer()  # type: ignore[no-untyped-call]
-        for summary in hparams(flat, dict(metrics)):  # type: ignore[no-untyped-call]
+        for summary in hparams(flat, dict(results)):  # type: ignore[no-untyped-call]
             file_writer.add_summary(summary)
 
     def log_graph(self, model: Module, input_array: Any | None = None) -> None:
+        """Record ``model``'s graph, traced with ``input_array`` (a tensor, or a tuple of the
+        forward's positional arguments; default: ``model.example_input_array``). Without an input
+        that can be traced it warns and records nothing, as Lightning does."""
         if input_array is None:
             input_array = getattr(model, "example_input_array", None)
         if input_array is None:
-            raise ValueError(
-                "log_graph needs an input: pass input_array or set model.example_input_array"
+            rank_zero_warn(
+                "TensorBoardLogger.log_graph recorded no graph: it needs an input to trace the "
+                "model with. Pass input_array=, or set model.example_input_array"
             )
+            return
+        if not isinstance(input_array, Tensor | tuple):
+            rank_zero_warn(
+                "TensorBoardLogger.log_graph recorded no graph: its input is a "
+                f"{type(input_array).__name__}, and TensorBoard traces a tensor or a tuple of the "
+                "forward's positional arguments. Pass one of those"
+            )
+            return
+        original = getattr(model, "module", None)
+        if is_wrapped(model) and isinstance(original, Module):
+            model = original  # the user's model, not Fabric's wrapper
         self._open().add_graph(model, input_array)
 
     def save(self) -> None:
@@ -155,8 +181,17 @@ class TensorBoardLogger(VersionedFolders, Logger):
         return state
 
 
-def _tensorboard_value(value: Any) -> Any:
-    """What TensorBoard's hparams accept: bool, int, float, str or a tensor; others as text."""
-    if isinstance(value, bool | int | float | str | Tensor):
+def _tensorboard_value(value: Any) -> bool | int | float | str:
+    """What TensorBoard's hparams show: bool, int, float or str. A tensor or NumPy value of one
+    element is its number; anything else is written as text."""
+    if isinstance(value, Tensor) and value.numel() == 1:
+        value = value.detach().cpu().item()
+    elif _is_numpy(value) and getattr(value, "size", None) == 1:
+        value = value.item()
+    if isinstance(value, bool | int | float | str):
         return value
     return str(value)
+
+
+def _is_numpy(value: Any) -> bool:
+    return type(value).__module__ == "numpy" and callable(getattr(value, "item", None))
