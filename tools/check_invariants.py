@@ -14,7 +14,13 @@ where it is) and exits 1 if any check fails. The checks:
   admits its in-repo version, and has an upper bound.
 - dependency-graph: hard dependencies among fab packages are acyclic and point down the layers; the
   only upward edges are fab-core's extras.
-- imports: L0 packages import nothing of fab but their own leaf; fab-core imports no L2 package.
+- imports: L0 packages import nothing of fab but their own leaf; fab-core imports no L2 package;
+  L2 packages import no other L2 package.
+- declared-imports: every fab package a package's source imports (other than its own leaf) is
+  declared in its ``[project.dependencies]``, so that installing it alone installs what it imports.
+- known-providers: the table of names fab-core's registry attributes to each first-party plugin
+  package (``PROVIDED_NAMES`` in ``fab/core/registry/groups.py``) equals those packages'
+  ``[project.entry-points]``, so that an "install X" hint never names a package that lacks the name.
 - package-files: README.md, CHANGELOG.md, tests/ and a static version in every package.
 - wheels (``--wheels DIR``, ``--build``): no ``fab/__init__.py``, ``fab/<leaf>/py.typed`` present,
   nothing outside ``fab/<leaf>/`` and the dist-info, METADATA name and version as in pyproject.toml.
@@ -80,6 +86,8 @@ class Package:
     dynamic: tuple[str, ...]
     dependencies: tuple[str, ...]
     extras: Mapping[str, tuple[str, ...]]
+    #: ``[project.entry-points]``: group -> name -> target.
+    entry_points: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     @property
     def leaf(self) -> str:
@@ -158,6 +166,12 @@ def _read_package(pyproject: Path, rel: str, problems: list[str]) -> Package | N
         str(extra): _str_list(reqs, f"{rel}: [project.optional-dependencies.{extra}]", problems)
         for extra, reqs in extras_table.items()
     }
+    entry_points_table = project.get("entry-points", {})
+    entry_points = {
+        str(group): {str(k): str(v) for k, v in table.items()}
+        for group, table in entry_points_table.items()
+        if isinstance(table, dict)
+    }
     return Package(
         name=canonicalize_name(project["name"]),
         path=pyproject.parent,
@@ -167,6 +181,7 @@ def _read_package(pyproject: Path, rel: str, problems: list[str]) -> Package | N
             project.get("dependencies", []), f"{rel}: [project.dependencies]", problems
         ),
         extras=extras,
+        entry_points=entry_points,
     )
 
 
@@ -416,6 +431,18 @@ def _import_rule(pkg: Package) -> Callable[[str], str | None] | None:
             return None
 
         return core_rule
+    if pkg.layer == PLUGIN_LAYER:
+
+        def l2_rule(module: str) -> str | None:
+            other = next((l2 for l2 in L2_MODULES if _within(module, l2) and l2 != own), None)
+            if other is not None:
+                return (
+                    f"{pkg.name} (L2) imports the L2 package {module!r}: L2 packages never "
+                    "import each other"
+                )
+            return None
+
+        return l2_rule
     return None
 
 
@@ -435,6 +462,124 @@ def check_imports(repo: Repo) -> CheckResult:
                 problem = rule(module)
                 if problem:
                     result.problems.append(f"{repo.rel(path)}:{line}: {problem}")
+    return result
+
+
+def _fab_imports(repo: Repo, pkg: Package) -> Iterator[tuple[str, int, str]]:
+    """``(file, line, fab leaf module)`` for every import of a fab package in ``pkg``'s source."""
+    if not pkg.src.is_dir():
+        return
+    for path in sorted(pkg.src.rglob("*.py")):
+        try:
+            tree = ast.parse(path.read_bytes(), filename=str(path))
+        except (SyntaxError, ValueError):
+            continue  # reported by check_imports
+        for line, module in imported_modules(tree, _module_package(path, pkg.src)):
+            parts = module.split(".")
+            if parts[0] == NAMESPACE and len(parts) > 1:
+                yield repo.rel(path), line, f"{NAMESPACE}.{parts[1]}"
+
+
+def check_declared_imports(repo: Repo) -> CheckResult:
+    """Every fab package a package imports is one of its hard dependencies."""
+    result = CheckResult("declared-imports")
+    by_leaf = {f"{NAMESPACE}.{p.leaf}": p for p in repo.packages}
+    for pkg in repo.packages:
+        declared: set[str] = set()
+        for req_text in pkg.dependencies:
+            try:
+                declared.add(canonicalize_name(Requirement(req_text).name))
+            except InvalidRequirement:
+                continue  # reported by check_requirements
+        own = f"{NAMESPACE}.{pkg.leaf}"
+        layer_rule = _import_rule(pkg)
+        for where, line, leaf in _fab_imports(repo, pkg):
+            target = by_leaf.get(leaf)
+            if leaf == own or target is None or target.name in declared:
+                continue
+            if layer_rule is not None and layer_rule(leaf) is not None:
+                continue  # a forbidden import: check_imports reports it
+
+            result.problems.append(
+                f"{where}:{line}: {pkg.name} imports {leaf!r} but does not declare "
+                f"{target.name} in [project.dependencies]: installed alone it would fail"
+            )
+    return result
+
+
+#: Where fab-core keeps the table of names each first-party plugin package provides.
+PROVIDED_NAMES_FILE = "src/fab/core/registry/groups.py"
+PROVIDED_NAMES_VARIABLE = "PROVIDED_NAMES"
+ENTRY_POINT_GROUP_PREFIX = f"{NAMESPACE}."
+
+
+def _provided_names_table(path: Path) -> object:
+    """The literal value assigned to ``PROVIDED_NAMES`` in ``path``."""
+    tree = ast.parse(path.read_bytes(), filename=str(path))
+    for node in tree.body:
+        target: ast.expr
+        if isinstance(node, ast.AnnAssign) and node.value is not None:
+            target, value = node.target, node.value
+        elif isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target, value = node.targets[0], node.value
+        else:
+            continue
+        if isinstance(target, ast.Name) and target.id == PROVIDED_NAMES_VARIABLE:
+            return ast.literal_eval(value)
+    raise ValueError(f"no {PROVIDED_NAMES_VARIABLE} = {{...}} literal")
+
+
+def check_known_providers(repo: Repo) -> CheckResult:
+    """fab-core's table of provided names equals the plugin packages' entry points."""
+    result = CheckResult("known-providers")
+    registered = {
+        pkg.name: {
+            group: sorted(names)
+            for group, names in pkg.entry_points.items()
+            if group.startswith(ENTRY_POINT_GROUP_PREFIX) and names
+        }
+        for pkg in repo.packages
+        if pkg.name != CORE
+    }
+    registered = {name: groups for name, groups in registered.items() if groups}
+    core = repo.by_name().get(CORE)
+    path = None if core is None else core.path / PROVIDED_NAMES_FILE
+    if path is None or not path.is_file():
+        if registered:
+            result.problems.append(
+                f"packages/{CORE}/{PROVIDED_NAMES_FILE}: missing; it must hold "
+                f"{PROVIDED_NAMES_VARIABLE}, the names the plugin packages register"
+            )
+        return result
+    where = repo.rel(path)
+    try:
+        table = _provided_names_table(path)
+    except (SyntaxError, ValueError) as exc:
+        result.problems.append(f"{where}: {PROVIDED_NAMES_VARIABLE} cannot be read: {exc}")
+        return result
+    if not isinstance(table, dict):
+        result.problems.append(f"{where}: {PROVIDED_NAMES_VARIABLE} is not a dict")
+        return result
+    listed = {
+        str(dist): {str(g): sorted(map(str, names)) for g, names in groups.items()}
+        for dist, groups in table.items()
+        if isinstance(groups, dict)
+    }
+    for dist in sorted(set(listed) | set(registered)):
+        mine, theirs = listed.get(dist, {}), registered.get(dist, {})
+        for group in sorted(set(mine) | set(theirs)):
+            extra = sorted(set(mine.get(group, [])) - set(theirs.get(group, [])))
+            missing = sorted(set(theirs.get(group, [])) - set(mine.get(group, [])))
+            if extra:
+                result.problems.append(
+                    f"{where}: {PROVIDED_NAMES_VARIABLE} says {dist} provides {group} "
+                    f"{', '.join(extra)}, but its pyproject.toml registers no such entry point"
+                )
+            if missing:
+                result.problems.append(
+                    f"{where}: {dist} registers {group} {', '.join(missing)} (its "
+                    f"[project.entry-points]), missing from {PROVIDED_NAMES_VARIABLE}"
+                )
     return result
 
 
@@ -562,6 +707,8 @@ SOURCE_CHECKS: tuple[Callable[[Repo], CheckResult], ...] = (
     check_requirements,
     check_dependency_graph,
     check_imports,
+    check_declared_imports,
+    check_known_providers,
     check_package_files,
 )
 

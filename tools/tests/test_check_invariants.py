@@ -132,6 +132,8 @@ def test_main_prints_one_ok_line_per_check_and_exits_zero(
         "ok   requirements",
         "ok   dependency-graph",
         "ok   imports",
+        "ok   declared-imports",
+        "ok   known-providers",
         "ok   package-files",
     ]
 
@@ -389,11 +391,135 @@ def test_l0_package_importing_its_own_leaf_is_fine(tmp_path: Path) -> None:
     assert failures(tmp_path) == {}
 
 
-def test_l2_packages_may_import_fab_core_and_each_other(tmp_path: Path) -> None:
-    make_repo(tmp_path)
-    code = "from fab.core import Fabric\nfrom fab.accelerators import CUDAAccelerator\n"
+def test_l2_packages_may_import_what_they_declare(tmp_path: Path) -> None:
+    make_repo(tmp_path, dependencies={"fab-strategies": [CORE_RANGE, "fab-lazy>=0.1,<0.2"]})
+    code = "from fab.core import Fabric\nfrom fab.lazy import materialize\n"
     write_source(tmp_path, "fab-strategies", "ddp.py", code)
     assert failures(tmp_path) == {}
+
+
+def test_an_l2_package_importing_another_is_reported(tmp_path: Path) -> None:
+    make_repo(tmp_path)
+    write_source(tmp_path, "fab-strategies", "ddp.py", "from fab.accelerators import CUDA\n")
+    assert failures(tmp_path) == {
+        "imports": [
+            "packages/fab-strategies/src/fab/strategies/ddp.py:1: fab-strategies (L2) imports "
+            "the L2 package 'fab.accelerators': L2 packages never import each other"
+        ]
+    }
+
+
+# --- declared imports ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import fab.lazy\n",
+        "from fab.lazy.loading import lazy_load\n",
+        "from fab import lazy\n",
+        "def f():\n    from fab.lazy import materialize\n",
+        "import importlib\nimportlib.import_module('fab.lazy.loading')\n",
+    ],
+)
+def test_an_undeclared_fab_import_is_reported(tmp_path: Path, code: str) -> None:
+    """fab-strategies importing fab-lazy without declaring it (issue 10, item 15)."""
+    make_repo(tmp_path)
+    write_source(tmp_path, "fab-strategies", "fsdp.py", code)
+    problems = failures(tmp_path)["declared-imports"]
+    assert len(problems) == 1
+    assert problems[0].startswith("packages/fab-strategies/src/fab/strategies/fsdp.py:")
+    assert problems[0].endswith(
+        "fab-strategies imports 'fab.lazy' but does not declare fab-lazy in "
+        "[project.dependencies]: installed alone it would fail"
+    )
+
+
+def test_an_import_declared_only_as_an_extra_is_reported(tmp_path: Path) -> None:
+    make_repo(tmp_path, core_extras={**CORE_EXTRAS})
+    write_source(tmp_path, "fab-loggers", "csv.py", "import fab.wrappers\n")
+    assert "declared-imports" in failures(tmp_path)
+
+
+def test_own_leaf_and_non_fab_imports_need_no_declaration(tmp_path: Path) -> None:
+    make_repo(tmp_path)
+    write_source(tmp_path, "fab-lazy", "x.py", "import fab.lazy.loading\nimport torch\n")
+    write_source(tmp_path, "fab-core", "y.py", "from fab.wrappers import FabricModule\n")
+    assert failures(tmp_path) == {}
+
+
+# --- known providers -----------------------------------------------------------------------
+
+PROVIDED = {
+    "fab-strategies": {"fab.strategies": ("ddp", "fsdp")},
+    "fab-loggers": {"fab.loggers": ("csv",)},
+}
+
+
+def add_entry_points(root: Path, name: str, entry_points: Mapping[str, Mapping[str, str]]) -> None:
+    pyproject = root / "packages" / name / "pyproject.toml"
+    lines = [pyproject.read_text()]
+    for group, entries in entry_points.items():
+        lines.append(f'[project.entry-points."{group}"]')
+        lines.extend(f'"{n}" = "{target}"' for n, target in entries.items())
+    pyproject.write_text("\n".join(lines) + "\n")
+
+
+def write_provided_names(root: Path, table: Mapping[str, object]) -> None:
+    write_source(
+        root,
+        "fab-core",
+        "registry/groups.py",
+        "from collections.abc import Mapping\n\n"
+        f"PROVIDED_NAMES: Mapping[str, Mapping[str, tuple[str, ...]]] = {table!r}\n",
+    )
+
+
+def repo_with_providers(root: Path, table: Mapping[str, object]) -> Path:
+    make_repo(root)
+    add_entry_points(root, "fab-strategies", {"fab.strategies": {"ddp": "m:D", "fsdp": "m:F"}})
+    add_entry_points(root, "fab-loggers", {"fab.loggers": {"csv": "m:C"}})
+    add_entry_points(root, "fab-core", {"fab.strategies": {"single_device": "m:S"}})
+    write_provided_names(root, table)
+    return root
+
+
+def test_a_table_equal_to_the_entry_points_passes(tmp_path: Path) -> None:
+    assert failures(repo_with_providers(tmp_path, PROVIDED)) == {}
+
+
+def test_a_name_no_package_registers_is_reported(tmp_path: Path) -> None:
+    """The table named deepspeed while no package registered it (issue 10, item 15)."""
+    table = {**PROVIDED, "fab-strategies": {"fab.strategies": ("ddp", "deepspeed", "fsdp")}}
+    assert failures(repo_with_providers(tmp_path, table)) == {
+        "known-providers": [
+            "packages/fab-core/src/fab/core/registry/groups.py: PROVIDED_NAMES says "
+            "fab-strategies provides fab.strategies deepspeed, but its pyproject.toml registers "
+            "no such entry point"
+        ]
+    }
+
+
+def test_an_entry_point_missing_from_the_table_is_reported(tmp_path: Path) -> None:
+    table = {"fab-strategies": {"fab.strategies": ("ddp", "fsdp")}}
+    assert failures(repo_with_providers(tmp_path, table)) == {
+        "known-providers": [
+            "packages/fab-core/src/fab/core/registry/groups.py: fab-loggers registers "
+            "fab.loggers csv (its [project.entry-points]), missing from PROVIDED_NAMES"
+        ]
+    }
+
+
+def test_entry_points_without_a_table_are_reported(tmp_path: Path) -> None:
+    make_repo(tmp_path)
+    add_entry_points(tmp_path, "fab-loggers", {"fab.loggers": {"csv": "m:C"}})
+    assert "known-providers" in failures(tmp_path)
+
+
+def test_the_real_table_is_read() -> None:
+    table = ci._provided_names_table(REPO_ROOT / "packages" / "fab-core" / ci.PROVIDED_NAMES_FILE)
+    assert isinstance(table, dict)
+    assert "ddp" in table["fab-strategies"]["fab.strategies"]
 
 
 def test_unparseable_source_is_reported(tmp_path: Path) -> None:

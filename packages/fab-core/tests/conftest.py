@@ -31,10 +31,14 @@ def make_distribution(
         entry_points: dict[str, dict[str, str]],
         modules: dict[str, str] | None = None,
         version: str = "1.0",
+        requires: tuple[str, ...] = (),
     ) -> Path:
         info = site / f"{name.replace('-', '_')}-{version}.dist-info"
         info.mkdir()
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+        (info / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+            + "".join(f"Requires-Dist: {line}\n" for line in requires)
+        )
         lines = []
         for group, entries in entry_points.items():
             lines.append(f"[{group}]")

@@ -4,15 +4,18 @@ runs are tested in fab-strategies (tests/test_launchers_for_real.py); here fab-c
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
+import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from fab.core import Fabric
+from fab.core import Fabric, registry
 from fab.core.cli import main
 from fab.core.cli_settings import CLIConflictError, cli_variables, from_environment, merge
 from fab.core.precision.precision import Precision
@@ -103,11 +106,112 @@ def test_run_offers_the_registrys_names(capsys: pytest.CaptureFixture[str]) -> N
     assert "32-true" in text
 
 
-def test_run_rejects_an_unknown_accelerator(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as caught:
-        main(["run", "--accelerator", "tpu9", "x.py"])
-    assert caught.value.code == 2
-    assert "invalid choice: 'tpu9'" in capsys.readouterr().err
+def test_run_rejects_an_unknown_accelerator(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = tmp_path / "script.py"
+    script.write_text("")
+    assert main(["run", "--accelerator", "tpu9", str(script)]) == 2
+    err = capsys.readouterr().err
+    assert "fab run: --accelerator tpu9: unknown accelerator 'tpu9'. Installed: " in err
+    assert "'cpu'" in err
+
+
+def test_run_offers_only_installed_precisions(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    offered = text.split("--precision {", 1)[1].split("}", 1)[0].split(",")
+    installed = set(registry.PRECISION.names())
+    aliases = {"16": "16-mixed", "32": "32-true", "64": "64-true", "bf16": "bf16-mixed"}
+    assert set(offered) == installed | {a for a, name in aliases.items() if name in installed}
+
+
+def _hide_distributions(monkeypatch: pytest.MonkeyPatch, *names: str) -> None:
+    """As if ``names`` were not installed (they may be, in the all-packages environment)."""
+    every = importlib.metadata.distributions
+
+    def without(**kwargs: Any) -> list[importlib.metadata.Distribution]:
+        return [d for d in every(**kwargs) if d.metadata["Name"] not in names]
+
+    monkeypatch.setattr(importlib.metadata, "distributions", without)
+    registry.refresh()
+
+
+@pytest.mark.parametrize(
+    ("options", "package"),
+    [
+        (["--devices", "2"], "fab-strategies"),
+        (["--num-nodes", "2", "--main-port", "29391"], "fab-strategies"),
+        (["--strategy", "ddp"], "fab-strategies"),
+        (["--precision", "16"], "fab-precision"),
+        (["--precision", "bf16-mixed"], "fab-precision"),
+        (["--accelerator", "cuda"], "fab-accelerators"),
+    ],
+)
+def test_a_request_for_a_missing_package_fails_before_any_process_starts(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    options: list[str],
+    package: str,
+) -> None:
+    _hide_distributions(monkeypatch, "fab-strategies", "fab-precision", "fab-accelerators")
+    started = tmp_path / "started"
+    script = tmp_path / "script.py"
+    script.write_text(f"open({str(started)!r}, 'w').close()\n")
+    assert main(["run", *options, str(script)]) == 2
+    err = capsys.readouterr().err
+    assert f"pip install {package}" in err
+    assert err.count("\n") == 1  # one message, no traceback
+    assert not started.exists()
+
+
+def test_devices_minus_one_is_refused_on_the_cpu(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = tmp_path / "script.py"
+    script.write_text("")
+    assert main(["run", "--accelerator", "cpu", "--devices", "-1", str(script)]) == 2
+    assert "devices=-1 ('every device') is not valid for the cpu accelerator" in (
+        capsys.readouterr().err
+    )
+
+
+def test_ctrl_c_ends_fab_run_with_130_and_no_launcher_traceback(tmp_path: Path) -> None:
+    """Ctrl-C in a terminal sends SIGINT to the whole foreground process group: fab run and the
+    script's process. The script here ends quietly on it, so any traceback would be fab run's."""
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import sys, time\n"
+        "from fab.core import Fabric\n"
+        "Fabric()\n"
+        "print('ready', flush=True)\n"
+        "try:\n"
+        "    time.sleep(120)\n"
+        "except KeyboardInterrupt:\n"
+        "    sys.exit(130)\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fab.core.cli", "run", "--accelerator", "cpu", str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+        env={**os.environ, "FAB_DISABLED_PLUGINS": "fab.environments:torchelastic"},
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "ready"
+        os.killpg(process.pid, signal.SIGINT)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+    assert "fab run: stopped by SIGINT; every process was stopped" in err
 
 
 def test_run_needs_an_existing_script(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

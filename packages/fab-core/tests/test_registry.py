@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -244,13 +246,26 @@ def test_unknown_name_lists_installed_and_suggests(monkeypatch: pytest.MonkeyPat
         r"Did you mean 'single_device'",
     ):
         registry.STRATEGIES.load("singel_device")
+    # Switched off here; where fab-strategies is missing, the hint names it.
     with pytest.raises(
-        registry.PluginNotFoundError, match="Did you mean 'ddp' \\(from fab-strategies\\)"
+        registry.PluginNotFoundError,
+        match=r"Did you mean 'ddp' \((from fab-strategies, not installed|switched off by "
+        r"FAB_DISABLED_PLUGINS)\)",
     ):
         registry.STRATEGIES.load("ddpp")
 
 
-def test_known_name_of_a_missing_package_says_what_to_install() -> None:
+def test_known_name_of_a_missing_package_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As if fab-loggers were not installed (it is, in the all-packages environment).
+    every = importlib.metadata.distributions
+
+    def all_but_fab_loggers(**kwargs: Any) -> list[importlib.metadata.Distribution]:
+        return [d for d in every(**kwargs) if d.metadata["Name"] != "fab-loggers"]
+
+    monkeypatch.setattr(importlib.metadata, "distributions", all_but_fab_loggers)
+    registry.refresh()
     with pytest.raises(
         registry.PluginNotFoundError,
         match="provided by fab-loggers, which is not installed: pip install fab-loggers",
@@ -306,3 +321,27 @@ def test_classes_by_priority_orders_skips_broken_and_lists_aliases_once(
     assert names.index("toy") < names.index("cpu")
     assert "toy_alias" not in names
     assert "broken" not in names
+
+
+def test_a_known_name_missing_from_an_installed_provider_says_upgrade_not_install(
+    make_distribution: MakeDistribution,
+) -> None:
+    """The provider is installed but does not register the name (an older release): no
+    "pip install" of a package that is already there (issue 10, item 15)."""
+    make_distribution(
+        "fab-strategies", {"fab.strategies": {"ddp_old": "old_ddp:Nothing"}}, version="0.0.1"
+    )
+    with pytest.raises(registry.PluginNotFoundError) as info:
+        registry.STRATEGIES.load("fsdp")
+    message = str(info.value)
+    assert "is provided by fab-strategies, but the installed fab-strategies 0.0.1 does not" in (
+        message
+    )
+    assert "pip install -U fab-strategies" in message
+    assert "which is not installed" not in message
+
+
+def test_a_name_no_package_provides_gets_no_install_hint() -> None:
+    with pytest.raises(registry.PluginNotFoundError) as info:
+        registry.STRATEGIES.load("deepspeed")
+    assert "pip install" not in str(info.value)

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from fab.core.utilities import (
     add_worker_init_fn,
+    global_seed,
     rank_zero_only,
     reset_seed,
     seed_everything,
@@ -26,8 +27,9 @@ from fab.core.utilities import (
 
 @pytest.fixture(autouse=True)
 def _restore_seed_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every test starts without FAB_GLOBAL_SEED/FAB_SEED_WORKERS and leaves them as they were."""
-    for name in ("FAB_GLOBAL_SEED", "FAB_SEED_WORKERS"):
+    """Every test starts without the seed variables (fab's and Lightning's) and leaves them as
+    they were."""
+    for name in ("FAB_GLOBAL_SEED", "FAB_SEED_WORKERS", "PL_GLOBAL_SEED", "PL_SEED_WORKERS"):
         monkeypatch.setenv(name, "")  # recorded, so that what seed_everything sets is undone
         monkeypatch.delenv(name)
     monkeypatch.setattr(rank_zero_only, "rank", 0)
@@ -91,7 +93,7 @@ def test_seed_everything_without_a_seed_reuses_the_environments() -> None:
 
 
 def test_seed_everything_without_any_seed_warns_and_uses_zero() -> None:
-    with pytest.warns(UserWarning, match="FAB_GLOBAL_SEED is not set"):
+    with pytest.warns(UserWarning, match="neither FAB_GLOBAL_SEED nor PL_GLOBAL_SEED is set"):
         assert seed_everything() == 0
 
 
@@ -124,6 +126,74 @@ def test_seed_everything_rejects_a_malformed_environment_seed(
     monkeypatch.setenv("FAB_GLOBAL_SEED", "forty-two")
     with pytest.raises(ValueError, match="FAB_GLOBAL_SEED='forty-two' is not an integer"):
         seed_everything(verbose=False)
+
+
+# -- Lightning's variables and global_seed ----------------------------------------------------
+
+
+def test_seed_everything_sets_lightnings_variables_too() -> None:
+    seed_everything(21, workers=True, verbose=False)
+    assert os.environ["PL_GLOBAL_SEED"] == "21"
+    assert os.environ["PL_SEED_WORKERS"] == "1"
+    seed_everything(22, verbose=False)
+    assert (os.environ["PL_GLOBAL_SEED"], os.environ["PL_SEED_WORKERS"]) == ("22", "0")
+
+
+def test_seed_everything_without_a_seed_takes_lightnings_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PL_GLOBAL_SEED", "1234")
+    assert seed_everything(verbose=False) == 1234
+    assert os.environ["FAB_GLOBAL_SEED"] == "1234"
+
+
+def test_global_seed_prefers_fabs_variable_over_lightnings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert global_seed() is None
+    monkeypatch.setenv("PL_GLOBAL_SEED", "5")
+    assert global_seed() == 5
+    monkeypatch.setenv("FAB_GLOBAL_SEED", "6")
+    assert global_seed() == 6
+
+
+def test_global_seed_follows_seed_everything() -> None:
+    seed_everything(77, verbose=False)
+    assert global_seed() == 77
+
+
+def test_global_seed_names_a_malformed_lightning_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PL_GLOBAL_SEED", "-3")
+    with pytest.raises(
+        ValueError, match=r"PL_GLOBAL_SEED='-3' is not an integer in 0\.\.4294967295"
+    ):
+        global_seed()
+
+
+def test_pl_seed_workers_alone_makes_setup_seed_the_workers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PL_SEED_WORKERS", "1")
+    loader = DataLoader(RandomAugmentation(), batch_size=2)
+    assert add_worker_init_fn(loader, rank=3)
+    assert isinstance(loader.worker_init_fn, functools.partial)
+    assert loader.worker_init_fn.keywords == {"rank": 3}
+
+
+def test_reset_seed_reapplies_a_seed_set_by_lightning_tooling(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PL_GLOBAL_SEED", "9")
+    reset_seed()
+    first = draws()
+    seed_everything(9, verbose=False)
+    assert draws() == first
+
+
+def test_pl_worker_init_function_is_seed_worker_where_lightning_has_it() -> None:
+    from fab.core.utilities.seed import pl_worker_init_function
+
+    assert pl_worker_init_function is seed_worker
 
 
 # -- reset_seed -------------------------------------------------------------------------------

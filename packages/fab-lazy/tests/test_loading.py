@@ -158,3 +158,61 @@ def test_a_damaged_safetensors_file_is_refused_with_its_name(tmp_path: Path) -> 
     (tmp_path / "cut.safetensors").write_bytes(data[:-4])
     with pytest.raises(CheckpointFormatError, match=r"cut\.safetensors.*'a'"):
         lazy_load(tmp_path / "cut.safetensors")
+
+
+# -- files that are not (whole) checkpoints ----------------------------------------------------
+
+
+def _good_checkpoint(path: Path, **kwargs: Any) -> bytes:
+    torch.save({"w": torch.arange(1000.0), "step": 3}, path, **kwargs)
+    return path.read_bytes()
+
+
+def test_an_empty_file_is_named_and_called_empty(tmp_path: Path) -> None:
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(CheckpointFormatError, match=r"empty\.pt is empty \(0 bytes\)"):
+        lazy_load(tmp_path / "empty.pt")
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.01])
+def test_a_truncated_checkpoint_is_named_and_called_truncated(tmp_path: Path, keep: float) -> None:
+    data = _good_checkpoint(tmp_path / "good.pt")
+    (tmp_path / "cut.pt").write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(CheckpointFormatError, match=r"cut\.pt is truncated") as info:
+        lazy_load(tmp_path / "cut.pt")
+    assert "weights_only" not in str(info.value)
+
+
+def test_a_truncated_legacy_checkpoint_is_called_truncated(tmp_path: Path) -> None:
+    data = _good_checkpoint(tmp_path / "good.pt", _use_new_zipfile_serialization=False)
+    (tmp_path / "cut.pt").write_bytes(data[:-20])
+    with pytest.raises(CheckpointFormatError, match=r"cut\.pt is truncated"):
+        lazy_load(tmp_path / "cut.pt")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        os.urandom(4096),
+        b"step,loss\n1,0.5\n",
+        b"\x80\x04\x95\x0b\x00\x00\x00\x00\x00\x00\x00}\x94\x8c\x01a\x94K\x01s.",  # a plain pickle
+    ],
+    ids=["random bytes", "text", "a plain pickle"],
+)
+def test_a_file_that_is_no_checkpoint_is_not_called_unsafe(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / "other.pt").write_bytes(content)
+    with pytest.raises(CheckpointFormatError, match=r"other\.pt is not a checkpoint") as info:
+        lazy_load(tmp_path / "other.pt")
+    assert not isinstance(info.value, UnsafeCheckpointError)
+    assert "weights_only=False" not in str(info.value)  # no advice to run the file's code
+
+
+def test_a_truncated_safetensors_file_is_called_truncated(tmp_path: Path) -> None:
+    _write_safetensors(tmp_path / "w.safetensors", {"a": torch.ones(4)})
+    data = (tmp_path / "w.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[:-4])
+    with pytest.raises(CheckpointFormatError, match=r"cut\.safetensors is truncated"):
+        lazy_load(tmp_path / "cut.safetensors")
+    (tmp_path / "head.safetensors").write_bytes(data[:12])
+    with pytest.raises(CheckpointFormatError, match=r"head\.safetensors is truncated"):
+        lazy_load(tmp_path / "head.safetensors")

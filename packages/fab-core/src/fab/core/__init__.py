@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from fab.core.fabric import Fabric
 from fab.core.utilities.seed import seed_everything
+from fab.core.utilities.warnings import disable_possible_user_warnings  # as in lightning.fabric
 from fab.wrappers import is_wrapped
 
 __all__ = ["Fabric", "__version__", "is_wrapped", "seed_everything"]

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
 from importlib import metadata
 
-from fab.core import registry, run_command
+from fab.core import consolidate_command, registry, run_command
 
 
 def installed_versions() -> dict[str, str | None]:
@@ -65,7 +66,7 @@ def _plugins(args: argparse.Namespace) -> int:
             row.name,
             f"{row.distribution or '(run time)'} {row.version or ''}".strip(),
             row.target,
-            row.status,
+            f"needs {', '.join(row.missing)}" if row.status == "needs" else row.status,
         )
         for row in rows
     ]
@@ -73,7 +74,7 @@ def _plugins(args: argparse.Namespace) -> int:
     print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
     for r in table:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-    details = [row for row in rows if row.detail and row.status in ("error", "disabled")]
+    details = [row for row in rows if row.detail and row.status in ("error", "disabled", "needs")]
     if details:
         print("\nproblems:")
         for row in details:
@@ -110,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plugins.set_defaults(handler=_plugins)
     run_command.add_parser(commands)
+    consolidate_command.add_parser(commands)
     return parser
 
 
@@ -122,8 +124,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    result: int = args.handler(args)
+    try:
+        result: int = args.handler(args)
+    except BrokenPipeError:
+        # The reader went away (`fab plugins --json | head -1`): what it wanted was printed.
+        _silence_stdout()
+        return 0
     return result
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's final flush into the closed pipe
+    raises nothing either."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout is not a file descriptor (captured, closed)
+        pass
 
 
 if __name__ == "__main__":

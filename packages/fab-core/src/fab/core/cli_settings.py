@@ -12,6 +12,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from fab.core.precision_names import normalize_precision
+
 #: ``Fabric`` argument -> (variable, ``fab run`` option).
 CLI_VARIABLES: dict[str, tuple[str, str]] = {
     "accelerator": ("FAB_CLI_ACCELERATOR", "--accelerator"),
@@ -93,11 +95,9 @@ def parse_value(name: str, raw: str) -> Any:
 
 def _same(name: str, in_code: Any, cli_value: Any) -> bool:
     if name == "precision":
-        from fab.core.connector import normalize_precision
-
         try:
             return bool(normalize_precision(in_code) == normalize_precision(cli_value))
-        except TypeError:
+        except ValueError:  # a Precision instance, or a value Fabric refuses itself
             return False
     if name == "devices":
         return _devices_text(in_code) == _devices_text(cli_value)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,16 +36,24 @@ def add_parser(commands: Any) -> None:
             "error."
         ),
     )
-    accelerators = ["auto", *registry.ACCELERATORS.names()]
-    strategies = ["auto", *registry.STRATEGIES.names()]
-    precisions = sorted(
-        {*registry.PRECISION.names(), *(str(a) for a in _precision_aliases())}, key=str
+    # The choices are what is installed; they are checked in run() rather than by argparse, so
+    # that a name whose package is missing gets the registry's "pip install" hint.
+    parser.add_argument(
+        "--accelerator",
+        metavar=_choices(["auto", *registry.ACCELERATORS.names()]),
+        help="the hardware to run on",
     )
-    parser.add_argument("--accelerator", choices=accelerators, help="the hardware to run on")
-    parser.add_argument("--strategy", choices=strategies, help="how the processes work together")
+    parser.add_argument(
+        "--strategy",
+        metavar=_choices(["auto", *registry.STRATEGIES.names()]),
+        help="how the processes work together",
+    )
     parser.add_argument(
         "--devices",
-        help="devices per node: a count, 'auto', -1 (all) or indices like '0,1' (default: 1)",
+        help=(
+            "devices per node: a count, 'auto', or, on a GPU, -1 (all) or indices like '0,1' "
+            "(default: 1)"
+        ),
     )
     parser.add_argument("--num-nodes", type=_positive_int, help="machines of the run (default: 1)")
     parser.add_argument(
@@ -63,7 +72,9 @@ def add_parser(commands: Any) -> None:
             f"{MULTI_NODE_PORT} on several)"
         ),
     )
-    parser.add_argument("--precision", choices=precisions, help="the numeric precision")
+    parser.add_argument(
+        "--precision", metavar=_choices(installed_precisions()), help="the numeric precision"
+    )
     parser.add_argument("script", help="the Python script to run")
     parser.add_argument("script_args", nargs=argparse.REMAINDER, help="the script's arguments")
     parser.set_defaults(handler=run)
@@ -87,16 +98,19 @@ def run(args: argparse.Namespace) -> int:
         if value is not None
     }
     num_nodes = args.num_nodes or 1
-    try:
-        num_processes = processes_per_node(args.accelerator or "auto", args.devices or "1")
-    except (ValueError, TypeError, RuntimeError) as err:
-        print(f"fab run: {err}", file=sys.stderr)
-        return 2
     if args.node_rank >= num_nodes:
         print(
             f"fab run: --node-rank {args.node_rank} is not below --num-nodes {num_nodes}",
             file=sys.stderr,
         )
+        return 2
+    try:
+        _require_installed(args.accelerator, args.strategy, args.precision)
+        num_processes = processes_per_node(args.accelerator or "auto", args.devices or "1")
+        if args.strategy in (None, "auto") and num_processes * num_nodes > 1:
+            _require_multi_process_strategy(num_processes, num_nodes)
+    except (ValueError, TypeError, RuntimeError) as err:
+        print(f"fab run: {err}", file=sys.stderr)
         return 2
     port = args.main_port
     if port is None:
@@ -125,7 +139,50 @@ def run(args: argparse.Namespace) -> int:
         str(script),
         *args.script_args,
     ]
-    return _torchrun(torchrun_args)
+    return _torchrun(torchrun_args, num_processes)
+
+
+def installed_precisions() -> list[str]:
+    """The precision values ``fab run`` accepts: the installed names and the aliases of them."""
+    names = set(registry.PRECISION.names())
+    aliases = {str(alias) for alias, name in _precision_aliases().items() if name in names}
+    return sorted(names | aliases)
+
+
+def _require_installed(
+    accelerator: str | None, strategy: str | None, precision: str | None
+) -> None:
+    """Raise the registry's error (installed names, and the package to install where one is
+    known), prefixed with the option, for a name that no installed plugin provides."""
+    checks = (
+        ("--accelerator", accelerator, registry.ACCELERATORS),
+        ("--strategy", strategy, registry.STRATEGIES),
+        ("--precision", _precision_aliases().get(precision or "", precision), registry.PRECISION),
+    )
+    given = {"--accelerator": accelerator, "--strategy": strategy, "--precision": precision}
+    for option, name, plugins in checks:
+        if name in (None, "auto") or name in plugins:
+            continue
+        try:
+            plugins.entry(name)
+        except registry.PluginError as err:
+            raise ValueError(f"{option} {given[option]}: {err}") from None
+
+
+def _require_multi_process_strategy(num_processes: int, num_nodes: int) -> None:
+    """Fabric(strategy="auto") takes 'ddp' for several processes: check it is there, so that a
+    missing fab-strategies fails once, here, and not in every process."""
+    try:
+        registry.STRATEGIES.entry("ddp")
+    except registry.PluginError as err:
+        raise ValueError(
+            f"{num_processes} process(es) per node on {num_nodes} node(s) need a multi-process "
+            f"strategy, and strategy='auto' takes 'ddp': {err}"
+        ) from None
+
+
+def _choices(names: list[str]) -> str:
+    return "{" + ",".join(names) + "}"
 
 
 def processes_per_node(accelerator: str, devices: str) -> int:
@@ -139,10 +196,14 @@ def processes_per_node(accelerator: str, devices: str) -> int:
     return len(instance.get_parallel_devices(instance.parse_devices(value)))
 
 
-def _torchrun(torchrun_args: list[str]) -> int:
+def _torchrun(torchrun_args: list[str], num_processes: int) -> int:
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun_main
 
+    if num_processes > 1 and "OMP_NUM_THREADS" not in os.environ:
+        # torchrun's own default, set here so that it does not print its banner about it.
+        os.environ["OMP_NUM_THREADS"] = "1"
     try:
         torchrun_main(torchrun_args)
     except ChildFailedError as err:
@@ -155,15 +216,21 @@ def _torchrun(torchrun_args: list[str]) -> int:
                 file=sys.stderr,
             )
         return 1
+    except SignalException as err:
+        # Ctrl-C (SIGINT) or a kill (SIGTERM, SIGHUP): torchrun has stopped every process.
+        print(f"fab run: stopped by {err.sigval.name}; every process was stopped", file=sys.stderr)
+        return 128 + int(err.sigval)
     except KeyboardInterrupt:
-        return 130
+        print("fab run: interrupted; every process was stopped", file=sys.stderr)
+        return 128 + signal.SIGINT
     return 0
 
 
-def _precision_aliases() -> list[str | int]:
-    from fab.core.connector import PRECISION_ALIASES
+def _precision_aliases() -> dict[str, str]:
+    """Lightning's precision aliases, as a command line spells them (``"16"``: 16-mixed)."""
+    from fab.core.precision_names import PRECISION_ALIASES
 
-    return list(PRECISION_ALIASES)
+    return {str(alias): name for alias, name in PRECISION_ALIASES.items()}
 
 
 def _positive_int(text: str) -> int:

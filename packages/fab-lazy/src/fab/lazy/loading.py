@@ -12,6 +12,12 @@ Two formats:
   can run code), each tensor a zero-copy view of the mapped file. No library is needed to read
   them; the ``safetensors`` package is needed only to write them.
 
+A file that cannot be read gets an error naming it and saying what is wrong: a
+:class:`CheckpointFormatError` (a ``ValueError``) for an empty file, a truncated one (a save or a
+copy that did not finish), one that is not a checkpoint at all, or a damaged one; an
+:class:`UnsafeCheckpointError` only for a readable checkpoint that holds objects a weights-only
+load refuses.
+
 Mapped tensors are copy-on-write (``MAP_PRIVATE``): writing to one changes this process's copy,
 never the file. Replacing the file by a rename (as fab's atomic save does) is safe while it is
 mapped; truncating it in place is not.
@@ -22,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +41,12 @@ PathLike = str | os.PathLike[str]
 MapLocation = str | torch.device | None
 
 _ZIP_MAGIC = b"PK\x03\x04"
+#: How a legacy (pre-1.6, non-zip) torch checkpoint starts: the pickled magic number, protocol 2
+#: (the default). Later protocols put a frame header before it, so its bytes are looked for in
+#: the first ``_HEAD`` bytes.
+_LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
+_LEGACY_MAGIC_NUMBER = _LEGACY_MAGIC[4:]
+_HEAD = 32
 #: safetensors dtype names -> torch dtypes (those this torch has).
 _SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
     name: dtype
@@ -78,38 +91,102 @@ def lazy_load(
             f"{path} is a directory (a sharded checkpoint?); lazy_load reads single files"
         )
     with path.open("rb") as f:
-        head = f.read(9)
+        head = f.read(_HEAD)
+    if not head:
+        raise CheckpointFormatError(
+            f"{path} is empty (0 bytes): not a checkpoint. A save that was interrupted, or a "
+            "file created but never written; save it again or use an earlier checkpoint"
+        )
     if _looks_like_safetensors(head):
         tensors = load_safetensors(path)
         if map_location is not None and torch.device(map_location) != torch.device("cpu"):
             return {k: v.to(map_location) for k, v in tensors.items()}
         return tensors
-    return _load_torch(path, map_location, weights_only, mmap=head.startswith(_ZIP_MAGIC))
+    if not _looks_like_torch(head):
+        raise CheckpointFormatError(
+            f"{path} is not a checkpoint: it is neither a torch checkpoint (torch.save) nor a "
+            f"safetensors file (it starts with the bytes {head[:8]!r})"
+        )
+    return _load_torch(path, map_location, weights_only, zip_format=head.startswith(_ZIP_MAGIC))
 
 
 def _load_torch(
-    path: Path, map_location: MapLocation, weights_only: bool, *, mmap: bool
+    path: Path, map_location: MapLocation, weights_only: bool, *, zip_format: bool
 ) -> dict[str, Any]:
     try:
-        loaded = torch.load(path, map_location=map_location, weights_only=weights_only, mmap=mmap)
+        loaded = torch.load(
+            path, map_location=map_location, weights_only=weights_only, mmap=zip_format
+        )
     except pickle.UnpicklingError as err:
-        if not weights_only:
-            raise
+        if not weights_only or not _refused_as_unsafe(err):
+            raise _damaged(path, err, zip_format) from err
         raise UnsafeCheckpointError(
             f"refusing to load {path}: it holds objects that a weights-only load cannot "
             f"restore, and unpickling them could run code ({_reason(err)}). If you trust the "
             "file, load it with weights_only=False, or allow the types with "
             "torch.serialization.add_safe_globals."
         ) from err
+    except (RuntimeError, EOFError, ValueError, KeyError, IndexError) as err:
+        raise _damaged(path, err, zip_format) from err
+    except OSError as err:  # mmap of a zip whose records point past the end: EINVAL
+        if isinstance(err, PermissionError | FileNotFoundError | IsADirectoryError):
+            raise
+        raise _damaged(path, err, zip_format) from err
     if not isinstance(loaded, dict):
         raise TypeError(f"{path} holds a {type(loaded).__name__}; expected a checkpoint dict")
     return loaded
 
 
-def _reason(err: Exception) -> str:
-    """The line of torch's weights-only error that names the offending object."""
+def _looks_like_torch(head: bytes) -> bool:
+    """A zip archive (torch.save's format since 1.6), or a legacy checkpoint: a pickle that
+    starts with torch's magic number (or a file cut short inside it)."""
+    if head.startswith(_ZIP_MAGIC) or _LEGACY_MAGIC.startswith(head):
+        return True
+    return head[:1] == b"\x80" and _LEGACY_MAGIC_NUMBER in head
+
+
+def _refused_as_unsafe(err: pickle.UnpicklingError) -> bool:
+    """Whether torch's weights-only unpickler refused an object it does not allow (a GLOBAL),
+    rather than failing on bytes that are not a valid pickle (a damaged file)."""
+    return "GLOBAL" in str(err)
+
+
+def _damaged(path: Path, err: BaseException, zip_format: bool) -> CheckpointFormatError:
+    """The error for a torch checkpoint that cannot be read: truncated, or damaged otherwise."""
+    size = path.stat().st_size
+    if zip_format and not _zip_is_complete(path):
+        what = (
+            f"{path} is truncated: a torch checkpoint (zip format) whose end is missing "
+            f"({size} bytes). The save that wrote it did not finish, or a copy was cut short"
+        )
+    elif isinstance(err, EOFError) or "EOF" in str(err):
+        what = f"{path} is truncated: its data ends early ({size} bytes)"
+    else:
+        what = f"{path} is a damaged torch checkpoint ({size} bytes)"
+    return CheckpointFormatError(
+        f"{what}; it cannot be loaded: save it again or use an earlier checkpoint "
+        f"(torch: {type(err).__name__}: {_reason(err)[:200]})"
+    )
+
+
+def _zip_is_complete(path: Path) -> bool:
+    """Whether the zip's central directory, written last, is there."""
+    try:
+        with zipfile.ZipFile(path):  # reads the central directory only
+            return True
+    except (zipfile.BadZipFile, OSError, EOFError):
+        return False
+
+
+def _reason(err: BaseException) -> str:
+    """The line of torch's error that says what is wrong (the object a weights-only load
+    refused, or where the unpickler failed), without torch's boilerplate around it."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return next((line for line in lines if "GLOBAL" in line), lines[0] if lines else repr(err))
+    for marker in ("GLOBAL", "WeightsUnpickler error:"):
+        found = next((line for line in lines if marker in line), None)
+        if found is not None:
+            return found.split("WeightsUnpickler error:", 1)[-1].strip()
+    return lines[0] if lines else repr(err)
 
 
 # -- safetensors ---------------------------------------------------------------------------------
@@ -133,8 +210,13 @@ def load_safetensors(path: PathLike) -> dict[str, torch.Tensor]:
         if len(raw) < 8:
             raise CheckpointFormatError(f"{path} is not a safetensors file (too short)")
         header_size = int.from_bytes(raw, "little")
-        if header_size > min(_MAX_HEADER, file_size - 8):
+        if header_size > _MAX_HEADER:
             raise CheckpointFormatError(f"{path} is not a safetensors file (bad header length)")
+        if header_size > file_size - 8:
+            raise CheckpointFormatError(
+                f"{path} is truncated: a safetensors file whose header ({header_size} bytes) "
+                f"runs past its end ({file_size} bytes)"
+            )
         try:
             header = json.loads(f.read(header_size))
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -167,7 +249,12 @@ def _view(
     for dim in shape:
         numel *= int(dim)
     nbytes = numel * dtype.itemsize
-    if not (0 <= begin <= end and end - begin == nbytes and data_start + end <= storage.nbytes()):
+    if 0 <= begin <= end and end - begin == nbytes and data_start + end > storage.nbytes():
+        raise CheckpointFormatError(
+            f"{path} is truncated: tensor {name!r} ({dtype_name}, shape {list(shape)}) ends at "
+            f"byte {data_start + end}, past the end of the file ({storage.nbytes()} bytes)"
+        )
+    if not (0 <= begin <= end and end - begin == nbytes):
         raise CheckpointFormatError(
             f"{path}: tensor {name!r} ({dtype_name}, shape {list(shape)}) has data offsets "
             f"[{begin}, {end}) that do not match its size or lie outside the file"

@@ -2,5 +2,6 @@
 
 from fab.core.accelerators.accelerator import Accelerator
 from fab.core.accelerators.cpu import CPUAccelerator
+from fab.core.registry import ACCELERATOR_REGISTRY
 
-__all__ = ["Accelerator", "CPUAccelerator"]
+__all__ = ["ACCELERATOR_REGISTRY", "Accelerator", "CPUAccelerator"]

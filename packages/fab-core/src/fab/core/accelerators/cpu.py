@@ -38,8 +38,12 @@ class CPUAccelerator(Accelerator):
 
 def parse_cpu_devices(devices: Any) -> int:
     """``devices`` for the cpu accelerator: a positive number of processes (int or digit string),
-    or ``"auto"``/-1 for one."""
-    if devices == "auto" or devices == -1 or devices == "-1":
+    or ``"auto"`` for one.
+
+    ``-1`` ("every device") is refused, as Lightning refuses it on the CPU: there is no count of
+    CPU devices to take, and silently running one process would hide the mistake.
+    """
+    if devices == "auto":
         return 1
     if isinstance(devices, bool):
         raise TypeError(f"devices={devices!r} is a bool; expected a positive int or 'auto'")
@@ -47,6 +51,12 @@ def parse_cpu_devices(devices: Any) -> int:
         devices = int(devices.strip())
     if isinstance(devices, int) and devices > 0:
         return devices
+    if devices == -1 or (isinstance(devices, str) and devices.strip() == "-1"):
+        raise ValueError(
+            f"devices={devices!r} ('every device') is not valid for the cpu accelerator: give "
+            "the number of processes as a positive int (or a string of one), or 'auto' for one. "
+            "-1 is for GPU accelerators."
+        )
     raise ValueError(
         f"devices={devices!r} is not valid for the cpu accelerator: give the number of processes "
         "as a positive int (or a string of one), or 'auto'. Device indices (lists, '0,1') are for "

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
+import stat
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from fab.core.io.checkpoint_io import CheckpointIO, PathLike
+from fab.core.io.temporary_files import create_temporary, remove_abandoned
 from fab.lazy.errors import UnsafeCheckpointError
 
 __all__ = ["TorchCheckpointIO", "UnsafeCheckpointError", "atomic_torch_save"]
@@ -57,14 +58,21 @@ class TorchCheckpointIO(CheckpointIO):
 
 def atomic_torch_save(obj: object, path: Path) -> None:
     """``torch.save`` to a temporary file in ``path``'s directory, fsync, then rename over
-    ``path``. On any error the temporary file is removed and ``path`` is untouched."""
+    ``path``. On any error the temporary file is removed and ``path`` is untouched.
+
+    The file gets the mode ``torch.save`` would give it: that of the file it replaces, or, for a
+    new file, what the user's umask gives any new file. Temporary files that an earlier save to
+    ``path`` left behind when its process was killed (``kill -9``, out of memory) are removed
+    first; see :mod:`fab.core.io.temporary_files`.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_dir():
         raise IsADirectoryError(f"cannot save a checkpoint to {path}: it is a directory")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
+    remove_abandoned(path)
+    fd, tmp = create_temporary(path)
     try:
         with os.fdopen(fd, "wb") as f:
+            _keep_mode_of(path, f.fileno())
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
@@ -73,6 +81,16 @@ def atomic_torch_save(obj: object, path: Path) -> None:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_directory(path.parent)
+
+
+def _keep_mode_of(path: Path, fd: int) -> None:
+    """Give the new file the permission bits of the file it replaces, as ``torch.save`` (which
+    truncates the file in place) keeps them."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return  # a new file: created with the umask's mode already
+    os.fchmod(fd, mode)
 
 
 def _fsync_directory(directory: Path) -> None:

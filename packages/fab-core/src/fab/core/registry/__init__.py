@@ -42,10 +42,12 @@ from fab.core.registry.groups import (
     KNOWN_PROVIDERS,
     group_of,
 )
+from fab.core.registry.lightning_registries import AcceleratorRegistry, StrategyRegistry
 from fab.core.registry.plugin_registry import PluginRegistry
 
 __all__ = [
     "ACCELERATORS",
+    "ACCELERATOR_REGISTRY",
     "CALLBACKS",
     "DISABLED_PLUGINS_ENV",
     "DISABLE_AUTOLOAD_ENV",
@@ -57,6 +59,8 @@ __all__ = [
     "LOGGERS",
     "PRECISION",
     "STRATEGIES",
+    "STRATEGY_REGISTRY",
+    "AcceleratorRegistry",
     "Conflict",
     "PluginConflictWarning",
     "PluginDisabledError",
@@ -68,6 +72,7 @@ __all__ = [
     "PluginRegistry",
     "PluginTypeError",
     "PluginWarning",
+    "StrategyRegistry",
     "get_registry",
     "refresh",
 ]
@@ -83,6 +88,11 @@ PRECISION: PluginRegistry[Any] = _make("fab.precision")
 ENVIRONMENTS: PluginRegistry[Any] = _make("fab.environments")
 LOGGERS: PluginRegistry[Any] = _make("fab.loggers")
 CALLBACKS: PluginRegistry[Any] = _make("fab.callbacks")
+
+#: Lightning's registry objects (``lightning.fabric.strategies.STRATEGY_REGISTRY``,
+#: ``lightning.fabric.accelerators.ACCELERATOR_REGISTRY``), as views of the two groups above.
+STRATEGY_REGISTRY = StrategyRegistry(STRATEGIES)
+ACCELERATOR_REGISTRY = AcceleratorRegistry(ACCELERATORS)
 
 _REGISTRIES = {
     r.group: r for r in (ACCELERATORS, STRATEGIES, PRECISION, ENVIRONMENTS, LOGGERS, CALLBACKS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import os
 import re
@@ -9,7 +10,7 @@ import threading
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from fab.core.registry.errors import PluginWarning
 from fab.core.registry.groups import (
@@ -31,6 +32,9 @@ class PluginEntry:
     distribution: str | None  # None: registered at run time with register()
     version: str | None = None
     disabled_by: str | None = None  # the environment variable that switched it off
+    #: The distribution's extras the plugin needs (``name = "module:Class [extra]"`` in the entry
+    #: point): their requirements must be installed for the plugin to work.
+    extras: tuple[str, ...] = ()
 
     @property
     def origin(self) -> str:
@@ -61,7 +65,7 @@ class Conflict:
         )
 
 
-Status = Literal["ok", "not loaded", "error", "disabled", "shadowed"]
+Status = Literal["ok", "not loaded", "error", "disabled", "shadowed", "needs"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,8 @@ class PluginRecord:
     target: str
     status: Status
     detail: str = ""
+    #: What the plugin needs and is missing ("needs" status): requirements as pip takes them.
+    missing: tuple[str, ...] = ()
 
 
 def _normalize_distribution(name: str) -> str:
@@ -111,36 +117,60 @@ class Scan:
 
     _lock = threading.RLock()
     _entries: dict[str, list[PluginEntry]] | None = None
+    _distributions: ClassVar[dict[str, importlib.metadata.Distribution]] = {}
 
     @classmethod
     def entries(cls, group: str) -> list[PluginEntry]:
         with cls._lock:
-            if cls._entries is None:
-                cls._entries = cls._read()
+            cls._ensure_read()
+            assert cls._entries is not None
             return list(cls._entries.get(group, ()))
+
+    @classmethod
+    def installed_version(cls, distribution: str) -> str | None:
+        """The version of an installed distribution (any name spelling), or None: read from the
+        same scan, so asking imports and rescans nothing."""
+        with cls._lock:
+            cls._ensure_read()
+            dist = cls._distributions.get(_normalize_distribution(distribution))
+            return None if dist is None else dist.version
+
+    @classmethod
+    def requirements(cls, distribution: str) -> list[str]:
+        """The ``Requires-Dist`` lines of an installed distribution (empty if not installed)."""
+        with cls._lock:
+            cls._ensure_read()
+            dist = cls._distributions.get(_normalize_distribution(distribution))
+        return list(dist.requires or ()) if dist is not None else []
 
     @classmethod
     def clear(cls) -> None:
         with cls._lock:
             cls._entries = None
+            cls._distributions = {}
+
+    @classmethod
+    def _ensure_read(cls) -> None:
+        if cls._entries is None:
+            cls._entries, cls._distributions = cls._read()
 
     @staticmethod
-    def _read() -> dict[str, list[PluginEntry]]:
+    def _read() -> tuple[dict[str, list[PluginEntry]], dict[str, importlib.metadata.Distribution]]:
         autoload = not _truthy(os.environ.get(DISABLE_AUTOLOAD_ENV))
         disabled = _disabled_names()
         found: dict[str, list[PluginEntry]] = {}
-        seen: set[str] = set()
+        seen: dict[str, importlib.metadata.Distribution] = {}
         for dist in importlib.metadata.distributions():
             # The first of several copies of one distribution on sys.path is the one Python uses.
             dist_name = _normalize_distribution(dist.metadata["Name"] or "")
             if not dist_name or dist_name in seen:
                 continue
-            seen.add(dist_name)
+            seen[dist_name] = dist
             for ep in dist.entry_points:
                 if ep.group in GROUPS:
                     entry = _entry_of(ep, dist_name, dist.version, autoload, disabled)
                     found.setdefault(ep.group, []).append(entry)
-        return found
+        return found, seen
 
 
 def _entry_of(
@@ -150,7 +180,16 @@ def _entry_of(
     autoload: bool,
     disabled: Mapping[str, set[str]],
 ) -> PluginEntry:
-    entry = PluginEntry(ep.group, ep.name, ep.value, dist_name, version)
+    # "module:attr [extra1, extra2]": the target is what to import, the extras what it needs.
+    target, _, extras = ep.value.partition("[")
+    entry = PluginEntry(
+        ep.group,
+        ep.name,
+        target.strip(),
+        dist_name,
+        version,
+        extras=tuple(e.strip() for e in extras.rstrip("] ").split(",") if e.strip()),
+    )
     if ep.name in disabled.get(ep.group, ()):
         return _with_disabled(entry, DISABLED_PLUGINS_ENV)
     if not autoload and dist_name not in FIRST_PARTY_DISTRIBUTIONS:
@@ -159,7 +198,37 @@ def _entry_of(
 
 
 def _with_disabled(entry: PluginEntry, by: str) -> PluginEntry:
-    return PluginEntry(entry.group, entry.name, entry.target, entry.distribution, entry.version, by)
+    return dataclasses.replace(entry, disabled_by=by)
+
+
+def missing_requirements(entry: PluginEntry) -> tuple[str, ...]:
+    """The requirements of ``entry``'s extras that are not installed (or not in a version they
+    accept), as pip takes them. Reads installed metadata only: imports no plugin and no library."""
+    if not entry.extras or entry.distribution is None:
+        return ()
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    missing: list[str] = []
+    for line in Scan.requirements(entry.distribution):
+        try:
+            req = Requirement(line)
+        except InvalidRequirement:
+            continue
+        marker = req.marker
+        if marker is None or marker.evaluate({"extra": ""}):
+            continue  # a requirement of the distribution itself, installed with it
+        if not any(marker.evaluate({"extra": extra}) for extra in entry.extras):
+            continue
+        installed = Scan.installed_version(req.name)
+        if installed is None or not req.specifier.contains(installed, prereleases=True):
+            req.marker = None
+            missing.append(str(req))
+    return tuple(dict.fromkeys(missing))
+
+
+def install_command(entry: PluginEntry) -> str:
+    """The pip command that installs what ``entry``'s extras need."""
+    return f'pip install "{entry.distribution}[{",".join(entry.extras)}]"'
 
 
 def precedence(entry: PluginEntry) -> tuple[int, str]:

@@ -23,42 +23,50 @@ FAB_PACKAGES = (
 #: autoloading is switched off.
 FIRST_PARTY_DISTRIBUTIONS = frozenset(FAB_PACKAGES)
 
-#: Names that a first-party package provides, so that asking for one of them without that package
-#: installed says what to install. Names only: nothing here is imported.
-KNOWN_PROVIDERS: Mapping[str, Mapping[str, str]] = {
-    "fab.accelerators": {n: "fab-accelerators" for n in ("cuda", "gpu", "mps")},
-    "fab.strategies": {
-        n: "fab-strategies"
-        for n in (
-            "ddp",
-            "ddp_spawn",
-            "ddp_fork",
-            "ddp_notebook",
-            "ddp_find_unused_parameters_true",
-            "ddp_find_unused_parameters_false",
-            "dp",
-            "fsdp",
-            "model_parallel",
-            "deepspeed",
-        )
-    },
-    "fab.precision": {
-        n: "fab-precision"
-        for n in (
-            "64-true",
+#: The names each first-party plugin package registers, by entry-point group, so that asking for
+#: one of them where that package is missing says what to install. A literal, kept equal to the
+#: packages' ``[project.entry-points]`` by ``tools/check_invariants.py`` (check "known-providers"):
+#: a name here that no package registers would send users to install a package that cannot help.
+#: fab-core's own names are not listed: fab-core is always installed.
+PROVIDED_NAMES: Mapping[str, Mapping[str, tuple[str, ...]]] = {
+    "fab-accelerators": {"fab.accelerators": ("cuda", "gpu", "mps")},
+    "fab-loggers": {"fab.loggers": ("csv", "mlflow", "tensorboard")},
+    "fab-precision": {
+        "fab.precision": (
             "16-mixed",
-            "bf16-mixed",
             "16-true",
+            "64-true",
+            "bf16-mixed",
             "bf16-true",
+            "bitsandbytes",
             "transformer-engine",
             "transformer-engine-float16",
-            "bitsandbytes",
         )
     },
-    "fab.environments": {
-        n: "fab-strategies" for n in ("fab", "torchelastic", "slurm", "lsf", "mpi", "kubeflow")
+    "fab-strategies": {
+        "fab.environments": ("fab", "kubeflow", "lsf", "mpi", "slurm", "torchelastic"),
+        "fab.strategies": (
+            "ddp",
+            "ddp_find_unused_parameters_true",
+            "ddp_fork",
+            "ddp_notebook",
+            "ddp_spawn",
+            "dp",
+            "fsdp",
+            "fsdp_cpu_offload",
+            "model_parallel",
+        ),
     },
-    "fab.loggers": {n: "fab-loggers" for n in ("csv", "tensorboard", "mlflow")},
+}
+
+#: group -> name -> the first-party distribution that provides it (``PROVIDED_NAMES`` inverted).
+KNOWN_PROVIDERS: Mapping[str, Mapping[str, str]] = {
+    group: {
+        name: distribution
+        for distribution, groups in PROVIDED_NAMES.items()
+        for name in groups.get(group, ())
+    }
+    for group in sorted({g for groups in PROVIDED_NAMES.values() for g in groups})
 }
 
 

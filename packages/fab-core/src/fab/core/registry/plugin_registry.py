@@ -9,7 +9,16 @@ import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, NoReturn, TypeVar, cast
 
-from fab.core.registry.entries import Conflict, PluginEntry, PluginRecord, Scan, Status, precedence
+from fab.core.registry.entries import (
+    Conflict,
+    PluginEntry,
+    PluginRecord,
+    Scan,
+    Status,
+    install_command,
+    missing_requirements,
+    precedence,
+)
 from fab.core.registry.errors import (
     PluginConflictWarning,
     PluginDisabledError,
@@ -190,7 +199,12 @@ class PluginRegistry(Generic[T]):
                 entry = table[name]
                 status: Status = "not loaded"
                 detail = ""
-                if load:
+                missing = missing_requirements(entry)
+                if missing:
+                    # Reported without importing: the plugin would only fail when used.
+                    status = "needs"
+                    detail = f"needs {', '.join(missing)}: {install_command(entry)}"
+                elif load:
                     try:
                         self.load(name)
                         status = "ok"
@@ -198,7 +212,7 @@ class PluginRegistry(Generic[T]):
                         status, detail = "error", str(err)
                 elif name in self._loaded:
                     status = "ok"
-                rows.append(self._record(entry, status, detail))
+                rows.append(self._record(entry, status, detail, missing))
             for off in self._disabled.get(name, ()):
                 rows.append(self._record(off, "disabled", f"switched off by {off.disabled_by}"))
             for lost in self._shadowed.get(name, ()):
@@ -207,9 +221,18 @@ class PluginRegistry(Generic[T]):
 
     # -- internals --------------------------------------------------------------------------
 
-    def _record(self, entry: PluginEntry, status: Status, detail: str) -> PluginRecord:
+    def _record(
+        self, entry: PluginEntry, status: Status, detail: str, missing: tuple[str, ...] = ()
+    ) -> PluginRecord:
         return PluginRecord(
-            entry.group, entry.name, entry.distribution, entry.version, entry.target, status, detail
+            entry.group,
+            entry.name,
+            entry.distribution,
+            entry.version,
+            entry.target,
+            status,
+            detail,
+            missing,
         )
 
     def _table(self) -> dict[str, PluginEntry]:
@@ -277,6 +300,17 @@ class PluginRegistry(Generic[T]):
                 f"is a {type(obj).__name__}; expected a class or a zero-argument factory"
             )
 
+    def _why_not_installed(self, name: str, installed: list[str]) -> str:
+        """Why a suggested name cannot be used as it is ("" when it can)."""
+        if name in installed:
+            return ""
+        if name in self._disabled:
+            return f" (switched off by {self._disabled[name][0].disabled_by})"
+        provider = KNOWN_PROVIDERS.get(self.group, {}).get(name)
+        if provider is not None and Scan.installed_version(provider) is None:
+            return f" (from {provider}, not installed)"
+        return ""
+
     def _raise_missing(self, name: str) -> NoReturn:
         kind = self.kind
         if name in self._disabled:
@@ -288,20 +322,26 @@ class PluginRegistry(Generic[T]):
         message = (
             f"unknown {kind} {name!r}. Installed: {', '.join(map(repr, installed)) or 'none'}."
         )
-        provider = KNOWN_PROVIDERS.get(self.group, {}).get(name)
-        if provider is not None:
+        known = KNOWN_PROVIDERS.get(self.group, {})
+        provider = known.get(name)
+        if provider is not None and Scan.installed_version(provider) is None:
             extra = provider.removeprefix("fab-")
             message += (
                 f" {kind.capitalize()} '{name}' is provided by {provider}, which is not installed: "
                 f'pip install {provider}  (or pip install "fab-core[{extra}]")'
             )
+        elif provider is not None:
+            # Installed, yet the name is not registered: an older release, or stale metadata.
+            message += (
+                f" {kind.capitalize()} '{name}' is provided by {provider}, but the installed "
+                f"{provider} {Scan.installed_version(provider)} does not register it: upgrade "
+                f"it (pip install -U {provider}), or reinstall it if it is an editable install"
+            )
         else:
-            known = KNOWN_PROVIDERS.get(self.group, {})
-            close = difflib.get_close_matches(name, sorted(set(installed) | set(known)), n=3)
-            hints = [
-                repr(c) + (f" (from {known[c]})" if c not in installed and c in known else "")
-                for c in close
-            ]
+            close = difflib.get_close_matches(
+                name, sorted(set(installed) | set(known) | set(self._disabled)), n=3
+            )
+            hints = [repr(c) + self._why_not_installed(c, installed) for c in close]
             if hints:
                 message += f" Did you mean {' or '.join(hints)}?"
         raise PluginNotFoundError(message)

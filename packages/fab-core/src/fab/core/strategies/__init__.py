@@ -1,6 +1,7 @@
 """Strategy base class and the single_device fallback. Others live in fab-strategies."""
 
+from fab.core.registry import STRATEGY_REGISTRY
 from fab.core.strategies.single_device import SingleDeviceStrategy
 from fab.core.strategies.strategy import ReduceOp, Strategy, StrategyContext
 
-__all__ = ["ReduceOp", "SingleDeviceStrategy", "Strategy", "StrategyContext"]
+__all__ = ["STRATEGY_REGISTRY", "ReduceOp", "SingleDeviceStrategy", "Strategy", "StrategyContext"]

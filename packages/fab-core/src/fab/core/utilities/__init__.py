@@ -7,9 +7,14 @@ and its sympy, ``torch.distributed``) imports it when called.
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from fab.core.utilities.apply_func import apply_to_tensors, move_data_to_device
+from fab.core.utilities.apply_func import (
+    apply_to_tensors,
+    convert_tensors_to_scalars,
+    move_data_to_device,
+)
 from fab.core.utilities.attribute_dict import AttributeDict
-from fab.core.utilities.data import suggested_max_num_workers
+from fab.core.utilities.data import has_iterable_dataset, has_len, suggested_max_num_workers
+from fab.core.utilities.exceptions import MisconfigurationException
 from fab.core.utilities.rank_zero import (
     FabDeprecationWarning,
     rank_prefixed_message,
@@ -19,7 +24,14 @@ from fab.core.utilities.rank_zero import (
     rank_zero_only,
     rank_zero_warn,
 )
-from fab.core.utilities.seed import add_worker_init_fn, reset_seed, seed_everything, seed_worker
+from fab.core.utilities.seed import (
+    add_worker_init_fn,
+    global_seed,
+    reset_seed,
+    seed_everything,
+    seed_worker,
+)
+from fab.core.utilities.warnings import PossibleUserWarning, disable_possible_user_warnings
 
 if TYPE_CHECKING:
     from fab.core.utilities.flops import get_available_flops, measure_flops
@@ -38,11 +50,18 @@ _LAZY = {
 __all__ = [
     "AttributeDict",
     "FabDeprecationWarning",
+    "MisconfigurationException",
+    "PossibleUserWarning",
     "Throughput",
     "ThroughputMonitor",
     "add_worker_init_fn",
     "apply_to_tensors",
+    "convert_tensors_to_scalars",
+    "disable_possible_user_warnings",
     "get_available_flops",
+    "global_seed",
+    "has_iterable_dataset",
+    "has_len",
     "is_shared_filesystem",
     "measure_flops",
     "move_data_to_device",

@@ -57,3 +57,21 @@ def move_data_to_device(batch: Any, device: torch.device | str | int) -> Any:
     device = torch.device(device)
     non_blocking = device.type in ("cuda", "xpu")
     return apply_to_tensors(batch, lambda t: t.to(device, non_blocking=non_blocking))
+
+
+def convert_tensors_to_scalars(data: Any) -> Any:
+    """Return ``data`` with every one-element tensor replaced by its Python number
+    (``tensor.item()``), as loggers want metrics. A tensor of several elements raises
+    ``ValueError``: it has no single value to log."""
+
+    def to_item(tensor: Tensor) -> int | float | bool:
+        if tensor.numel() != 1:
+            raise ValueError(
+                f"the metric {tensor} has {tensor.numel()} elements (shape "
+                f"{tuple(tensor.shape)}), so it cannot be converted to a number; log one "
+                "element, or reduce it first (.mean(), .sum())"
+            )
+        value: int | float | bool = tensor.item()
+        return value
+
+    return apply_to_tensors(data, to_item)

@@ -1,14 +1,25 @@
-"""How many data-loader workers a process can use."""
+"""Data-loader helpers: how many workers a process can use, and what a loader can tell about its
+length (Lightning's ``lightning.fabric.utilities.data``)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sized
+from typing import TypeGuard
+
+from torch.utils.data import IterableDataset
 
 # AttributeDict lives in attribute_dict.py; importable from here too, as from Lightning's
 # ``lightning.fabric.utilities.data``.
 from fab.core.utilities.attribute_dict import AttributeDict
 
-__all__ = ["AttributeDict", "suggested_max_num_workers"]
+__all__ = [
+    "AttributeDict",
+    "has_iterable_dataset",
+    "has_len",
+    "sized_len",
+    "suggested_max_num_workers",
+]
 
 
 def _available_cpus() -> int:
@@ -37,3 +48,38 @@ def suggested_max_num_workers(local_world_size: int) -> int:
             f"got {local_world_size}"
         )
     return max(1, _available_cpus() // local_world_size - 1)
+
+
+def has_iterable_dataset(dataloader: object) -> bool:
+    """Whether ``dataloader`` has a ``dataset`` attribute that is an ``IterableDataset``."""
+    return isinstance(getattr(dataloader, "dataset", None), IterableDataset)
+
+
+def sized_len(dataloader: object) -> int | None:
+    """``len(dataloader)``, or None where it has no length (``TypeError``/``NotImplementedError``:
+    an iterable dataset without ``__len__``)."""
+    try:
+        return len(dataloader)  # type: ignore[arg-type]
+    except (TypeError, NotImplementedError):
+        return None
+
+
+def has_len(dataloader: object) -> TypeGuard[Sized]:
+    """Whether ``len(dataloader)`` works. Warns (on rank 0) when the length is 0, and when an
+    ``IterableDataset`` defines one: with several workers each yields the whole dataset unless
+    it shards itself, so the length may not be the number of batches seen."""
+    from fab.core.utilities.rank_zero import rank_zero_warn
+
+    length = sized_len(dataloader)
+    if length == 0:
+        rank_zero_warn(
+            f"`{type(dataloader).__name__}` has length 0: it yields nothing. Check the dataset "
+            "and the batch size (with drop_last=True a dataset smaller than one batch is empty)"
+        )
+    if length is not None and has_iterable_dataset(dataloader):
+        rank_zero_warn(
+            "the IterableDataset of this loader defines __len__: with several workers each "
+            "worker iterates the whole dataset unless the dataset splits itself among them "
+            "(torch.utils.data.get_worker_info), so the length may not match what is yielded"
+        )
+    return length is not None

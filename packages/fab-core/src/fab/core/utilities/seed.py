@@ -28,36 +28,78 @@ _MIN_SEED = np.iinfo(np.uint32).min
 GLOBAL_SEED_VARIABLE = "FAB_GLOBAL_SEED"
 #: "1" when ``seed_everything(workers=True)`` asked data-loader workers to be seeded.
 SEED_WORKERS_VARIABLE = "FAB_SEED_WORKERS"
+#: Lightning's names of the same two variables. ``seed_everything`` sets them beside fab's, so a
+#: program (or a library) that reads them sees the seed; reading prefers fab's variable and falls
+#: back to Lightning's, so a process started by Lightning-style tooling with ``PL_GLOBAL_SEED`` set
+#: gets that seed.
+LIGHTNING_GLOBAL_SEED_VARIABLE = "PL_GLOBAL_SEED"
+LIGHTNING_SEED_WORKERS_VARIABLE = "PL_SEED_WORKERS"
+
+
+def _read_variable(fab_name: str, lightning_name: str) -> tuple[str, str] | None:
+    """(name, value) of the first of the two variables that is set and not blank."""
+    for name in (fab_name, lightning_name):
+        value = os.environ.get(name, "").strip()
+        if value:
+            return name, value
+    return None
+
+
+def global_seed() -> int | None:
+    """The seed that :func:`seed_everything` last set in this process or in a parent process
+    (read from ``FAB_GLOBAL_SEED``, else Lightning's ``PL_GLOBAL_SEED``), or None if none was set.
+
+    For code that must follow the global seed on every rank whichever launcher started it (the
+    ``DistributedSampler`` that ``setup_dataloaders`` inserts, for example). A value that is not
+    an integer raises ``ValueError`` naming the variable.
+    """
+    found = _read_variable(GLOBAL_SEED_VARIABLE, LIGHTNING_GLOBAL_SEED_VARIABLE)
+    if found is None:
+        return None
+    name, value = found
+    try:
+        return _as_seed(int(value))
+    except ValueError as err:
+        raise ValueError(
+            f"{name}={value!r} is not an integer in {_MIN_SEED}..{_MAX_SEED}; unset it or set it "
+            "to a seed in that range"
+        ) from err
+
+
+def seed_workers_requested() -> bool:
+    """Whether the last :func:`seed_everything` asked for seeded data-loader workers
+    (``workers=True``): ``FAB_SEED_WORKERS``, else Lightning's ``PL_SEED_WORKERS``, is "1"."""
+    found = _read_variable(SEED_WORKERS_VARIABLE, LIGHTNING_SEED_WORKERS_VARIABLE)
+    return found is not None and found[1] == "1"
 
 
 def seed_everything(seed: int | None = None, workers: bool = False, verbose: bool = True) -> int:
     """Seed python's ``random``, numpy and torch (every device) with ``seed``, and return it.
 
     Without a seed, ``FAB_GLOBAL_SEED`` (set by an earlier call, so subprocesses agree) is used,
-    or 0. A seed that is not an ``int`` is converted with ``int()`` (numpy integers, "42"); it must
-    lie in 0..2**32-1. ``workers=True`` sets ``FAB_SEED_WORKERS=1``: ``Fabric.setup_dataloaders``
-    then gives every data loader without a ``worker_init_fn`` :func:`seed_worker`, so each worker
-    of each rank draws different, reproducible random numbers.
+    else Lightning's ``PL_GLOBAL_SEED``, else 0; both variables are set to the seed. A seed that
+    is not an ``int`` is converted with ``int()`` (numpy integers, "42"); it must lie in
+    0..2**32-1. ``workers=True`` sets ``FAB_SEED_WORKERS=1`` (and ``PL_SEED_WORKERS=1``):
+    ``Fabric.setup_dataloaders`` then gives every data loader without a ``worker_init_fn``
+    :func:`seed_worker`, so each worker of each rank draws different, reproducible random
+    numbers.
     """
     if seed is None:
-        env_seed = os.environ.get(GLOBAL_SEED_VARIABLE)
-        if env_seed is None:
+        seed = global_seed()
+        if seed is None:
             seed = 0
             if verbose:
-                rank_zero_warn(f"no seed given and {GLOBAL_SEED_VARIABLE} is not set; using 0")
-        else:
-            try:
-                seed = int(env_seed)
-            except ValueError as err:
-                raise ValueError(
-                    f"{GLOBAL_SEED_VARIABLE}={env_seed!r} is not an integer; "
-                    f"unset it or set it to a seed in {_MIN_SEED}..{_MAX_SEED}"
-                ) from err
+                rank_zero_warn(
+                    f"no seed given and neither {GLOBAL_SEED_VARIABLE} nor "
+                    f"{LIGHTNING_GLOBAL_SEED_VARIABLE} is set; using 0"
+                )
     seed = _as_seed(seed)
     if verbose:
         log.info(rank_prefixed_message(f"Seed set to {seed}", _rank_from_environment()))
-    os.environ[GLOBAL_SEED_VARIABLE] = str(seed)
-    os.environ[SEED_WORKERS_VARIABLE] = "1" if workers else "0"
+    for name in (GLOBAL_SEED_VARIABLE, LIGHTNING_GLOBAL_SEED_VARIABLE):
+        os.environ[name] = str(seed)
+    for name in (SEED_WORKERS_VARIABLE, LIGHTNING_SEED_WORKERS_VARIABLE):
+        os.environ[name] = "1" if workers else "0"
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # seeds every device's generator too
@@ -85,14 +127,14 @@ def _as_seed(seed: object) -> int:
 def reset_seed() -> None:
     """Seed everything again with the seed of the last ``seed_everything`` call.
 
-    Reads ``FAB_GLOBAL_SEED`` and ``FAB_SEED_WORKERS``, so it also works in a process started
-    after that call (a spawned worker, a launched rank). Does nothing if no seed was ever set.
+    Reads ``FAB_GLOBAL_SEED`` and ``FAB_SEED_WORKERS`` (else Lightning's ``PL_GLOBAL_SEED`` and
+    ``PL_SEED_WORKERS``), so it also works in a process started after that call (a spawned worker,
+    a launched rank). Does nothing if no seed was ever set.
     """
-    seed = os.environ.get(GLOBAL_SEED_VARIABLE)
+    seed = global_seed()
     if seed is None:
         return
-    workers = os.environ.get(SEED_WORKERS_VARIABLE, "0") == "1"
-    seed_everything(int(seed), workers=workers, verbose=False)
+    seed_everything(seed, workers=seed_workers_requested(), verbose=False)
 
 
 def seed_worker(worker_id: int, rank: int | None = None) -> None:
@@ -119,6 +161,10 @@ def seed_worker(worker_id: int, rank: int | None = None) -> None:
     np.random.seed(numpy_sequence.generate_state(4))
 
 
+#: Lightning's name of :func:`seed_worker` (``lightning.fabric.utilities.seed``).
+pl_worker_init_function = seed_worker
+
+
 def add_worker_init_fn(dataloader: DataLoader[Any], rank: int) -> bool:
     """Give ``dataloader`` ``seed_worker`` (for ``rank``) as its ``worker_init_fn``, if
     ``seed_everything(workers=True)`` asked for it and the loader has none; return whether it did.
@@ -127,7 +173,7 @@ def add_worker_init_fn(dataloader: DataLoader[Any], rank: int) -> bool:
     re-creation for a distributed sampler). The function is a ``functools.partial`` of a module
     function, so loaders whose workers are spawned can pickle it.
     """
-    if os.environ.get(SEED_WORKERS_VARIABLE) != "1" or dataloader.worker_init_fn is not None:
+    if not seed_workers_requested() or dataloader.worker_init_fn is not None:
         return False
     dataloader.worker_init_fn = functools.partial(seed_worker, rank=rank)
     return True
