@@ -12,6 +12,8 @@ Four measurements, each framework in fresh processes of its own so that imports 
    after `import torch`, in a new interpreter each repetition;
 2. forward overhead: per-call time of a wrapped nn.Linear(16, 16) on a batch of one (timeit);
 3. a whole training step of a small MLP (zero_grad, forward, loss, backward, AdamW step);
+   and `--only step`: the fixed cost per step, on a tiny MLP (32 -> 64 -> 8, batch 32, SGD) in
+   thread CPU time, each framework against a bare twin interleaved in its own process;
 4. ddp: two processes on CPU over gloo (tools/bench/ddp.py), beside raw PyTorch DDP and Lightning
    Fabric (HF Accelerate is not in it): training throughput, each framework under torchrun, and
    the wall time of launching a trivial script with `fab run`, torchrun and `fabric run`.
@@ -26,8 +28,9 @@ headline is the minimum over repetitions (the least disturbed); medians are show
 A run prints a markdown report. A full run writes it into docs/benchmarks.md: 1-3 between the
 `<!-- bench:start -->` and `<!-- bench:end -->` markers, 4 between `<!-- bench-ddp:start -->` and
 `<!-- bench-ddp:end -->`, 5 between `<!-- bench-memory:start -->` and `<!-- bench-memory:end -->`.
-`--only ddp` (`--only memory`) writes that section alone (each stands on its own); other
---only runs, --quick runs and --no-docs runs only print.
+`--only ddp` (`--only memory`, `--only step`) writes that section alone (each stands on its
+own; the step section sits between `<!-- bench-step:start -->` and `<!-- bench-step:end -->`);
+other --only runs, --quick runs and --no-docs runs only print.
 """
 
 from __future__ import annotations
@@ -65,6 +68,9 @@ DOC = ROOT / "docs" / "benchmarks.md"
 RESULTS_JSON = ROOT / ".cache" / "bench" / "results.json"
 DDP_JSON = ROOT / ".cache" / "bench" / "ddp.json"
 MEMORY_JSON = ROOT / ".cache" / "bench" / "memory.json"
+STEP_JSON = ROOT / ".cache" / "bench" / "step.json"
+STEP_START, STEP_END = "<!-- bench-step:start -->", "<!-- bench-step:end -->"
+STEP_DESCRIPTION = "MLP 32 → 64 → 8 (Linear, ReLU, Linear), batch 32, SGD"  # worker.py
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 COMMAND = "python3 tools/dev.py bench"
 
@@ -94,6 +100,8 @@ DISTRIBUTIONS = (
 GOAL_IMPORT_S = 0.050
 GOAL_FORWARD_OVERHEAD_S = 1e-6
 GOAL_TRAIN_RATIO = 0.98
+#: The fixed per-step cost: fab's step at most 2% over the same step in plain torch (issue 10).
+GOAL_STEP_RATIO = 1.02
 
 #: glibc's malloc serves blocks over 128 KiB (a 64 x 512 float32 activation is exactly that) with
 #: mmap and gives them back with munmap, so a training step on the CPU can take ~2,000 fresh page
@@ -404,6 +412,7 @@ class Run:
     imports: dict[str, ImportSeries] | None = None
     forward: dict[str, dict[str, Series]] | None = None
     train: dict[str, dict[str, Series]] | None = None
+    step: dict[str, Series] | None = None
     ddp: ddp.DDPRun | None = None
     memory: memory.MemoryRun | None = None
 
@@ -574,6 +583,58 @@ def goals_table(run: Run) -> list[str]:
     return rows
 
 
+def step_table(series: dict[str, Series]) -> list[str]:
+    """The per-step cost: CPU time per step, the ratio to the raw-PyTorch worker (across
+    processes) and to plain torch on the same model in the same process (paired, the one to
+    trust)."""
+    rows = [
+        "| framework | CPU µs per step: median | min | vs raw PyTorch: median "
+        "| paired vs plain torch, same model: median | paired: min / max "
+        "| within 1.02x (paired median) |",
+        "|---|--:|--:|--:|--:|--:|---|",
+    ]
+    raw = series["raw"]
+    for name, entry in series.items():
+        if entry.error is not None or not entry.values:
+            rows.append(f"| {LABELS[name]} | {NA} | {NA} | {NA} | {NA} | {NA} | {NA} |")
+            continue
+        pairs = [v / b for v, b in zip(entry.values, entry.bare, strict=True) if b > 0]
+        paired = median(pairs)
+        vs_raw = ratio(median(entry.values), median(raw.values))
+        rows.append(
+            f"| {LABELS[name]} | {fmt(median(entry.values), 1e6, 2)} "
+            f"| {fmt(minimum(entry.values), 1e6, 2)} | {fmt(vs_raw, 1, 3)}x "
+            f"| {fmt(paired, 1, 3)}x | {fmt(minimum(pairs), 1, 3)}x / "
+            f"{fmt(max(pairs) if pairs else None, 1, 3)}x "
+            f"| {verdict(None if paired is None else paired <= GOAL_STEP_RATIO)} |"
+        )
+    return rows
+
+
+def step_report(run: Run, series: dict[str, Series]) -> str:
+    s = run.settings
+    lines = [
+        *header(run),
+        f"- settings: torch.set_num_threads({s['threads']}); {s['step_rounds']} rounds of about "
+        f"{s['step_target']} s of CPU time per framework, each round 20 short runs of the "
+        "framework's step and of plain torch's on the same model taking turns; workers' malloc: "
+        f"{s['malloc']}",
+        "",
+        f"**Per-step cost, 32-true**, {STEP_DESCRIPTION} (zero_grad, forward, cross-entropy, "
+        "backward, step), thread CPU time",
+        "",
+        *step_table(series),
+    ]
+    notes = [
+        f"- {LABELS[name]}: n/a — {entry.error}"
+        for name, entry in series.items()
+        if entry.error is not None
+    ]
+    if notes:
+        lines += ["", "Not measured:", "", *notes]
+    return "\n".join(lines) + "\n"
+
+
 def errors(run: Run) -> list[str]:
     notes: list[str] = []
     if run.imports is not None:
@@ -675,7 +736,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tools/bench/run.py", description=__doc__, formatter_class=raw
     )
-    parser.add_argument("--only", metavar="WHAT[,WHAT]", help="import, forward, train, ddp, memory")
+    parser.add_argument(
+        "--only", metavar="WHAT[,WHAT]", help="import, forward, train, step, ddp, memory"
+    )
     parser.add_argument("--quick", action="store_true", help="few short repetitions (a smoke run)")
     parser.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md")
     parser.add_argument("--here", action="store_true", help="run in this interpreter as it is")
@@ -686,6 +749,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--import-reps", type=int, default=20, help="interpreters per framework")
     parser.add_argument("--forward-rounds", type=int, default=30, help="forward repetitions")
     parser.add_argument("--train-rounds", type=int, default=60, help="training repetitions")
+    parser.add_argument("--step-rounds", type=int, default=40, help="per-step cost repetitions")
     parser.add_argument(
         "--ddp-rounds", type=int, default=5, help="ddp training launches per framework"
     )
@@ -706,7 +770,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if missing and not opts.here and not in_bench_venv:
         print(f"this interpreter lacks {', '.join(missing)}: handing over to tools/dev.py bench")
         return hand_over(args)
-    parts = ("import", "forward", "train", "ddp", "memory")
+    parts = ("import", "forward", "train", "step", "ddp", "memory")
     wanted = {w.strip() for w in (opts.only or ",".join(parts)).split(",") if w.strip()}
     unknown = wanted - set(parts)
     if unknown:
@@ -719,6 +783,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "forward_target": 0.02 if quick else 0.1,
         "train_rounds": 3 if quick else opts.train_rounds,
         "train_target": 0.05 if quick else 0.2,
+        "step_rounds": 3 if quick else opts.step_rounds,
+        "step_target": 0.02 if quick else 0.1,
     }
     env = {} if opts.default_malloc else MALLOC_ENV
     settings["malloc"] = " ".join(f"{k}={v}" for k, v in env.items()) or "glibc defaults"
@@ -743,6 +809,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             setattr(run, bench, groups)
 
         stages.append((bench, stage))
+    if "step" in wanted:
+
+        def stage_step() -> None:
+            run.step = bench_workers(
+                "step",
+                "32-true",
+                settings["step_rounds"],
+                settings["step_target"],
+                opts.threads,
+                env,
+            )
+
+        stages.append(("per-step cost (32-true)", stage_step))
     if "ddp" in wanted:
         ddp_settings = ddp.Settings(
             rounds=1 if quick else opts.ddp_rounds,
@@ -787,6 +866,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"written to {DOC.relative_to(ROOT)} and {RESULTS_JSON.relative_to(ROOT)}")
         else:
             print(f"(not written to {DOC.relative_to(ROOT)}: only a full run is)")
+    if run.step is not None:
+        text = step_report(run, run.step)
+        print("\n" + text)
+        STEP_JSON.parent.mkdir(parents=True, exist_ok=True)
+        STEP_JSON.write_text(
+            json.dumps({n: vars(e) for n, e in run.step.items()}, indent=1) + "\n",
+            encoding="utf-8",
+        )
+        if write and (not opts.only or wanted == {"step"}):
+            write_doc(text, STEP_START, STEP_END)
+            print(
+                f"step section written to {DOC.relative_to(ROOT)} and {STEP_JSON.relative_to(ROOT)}"
+            )
+        else:
+            print(f"(step section not written to {DOC.relative_to(ROOT)})")
     if run.ddp is not None:
         text = ddp_report(run, run.ddp)
         print("\n" + text)

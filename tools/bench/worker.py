@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """One framework's side of a benchmark, in a process of its own (started by tools/bench/run.py).
 
-    python tools/bench/worker.py {forward,train} {raw,fab,lightning,accelerate} PRECISION
+    python tools/bench/worker.py {forward,train,step} {raw,fab,lightning,accelerate} PRECISION
 
 The worker imports torch and its framework only, builds the model, wraps it the way the
 framework's users do, builds a bare twin of it (raw PyTorch, the paired reference measured in the
@@ -46,6 +46,12 @@ MLP_WIDTH = 512
 MLP_LAYERS = 3
 MLP_CLASSES = 10
 BATCH = 64
+# The per-step cost (issue 10 item 19): a model so small that the framework's fixed cost per step
+# shows. MLP 32 -> 64 -> 8, batch 32, SGD; timed in thread CPU time (see step_bench).
+STEP_SIZES = (32, 64, 8)
+STEP_BATCH = 32
+#: A repetition of the step benchmark alternates the framework and its bare twin this many times.
+STEP_CHUNKS = 20
 
 
 @dataclass
@@ -184,6 +190,61 @@ def train_bench(framework: str, precision: str, target: float) -> tuple[Measure,
     return paired(lambda: wrapped_steps(steps), lambda: bare_steps(steps), steps), info
 
 
+def step_bench(framework: str, precision: str, target: float) -> tuple[Measure, dict[str, str]]:
+    """Per-step cost of a training step of a tiny MLP (zero_grad, forward, cross-entropy,
+    backward, SGD step) through the framework, against the same step in plain torch on the very
+    same model and optimizer (the framework's wrappers unwrapped: ``.module``, ``.optimizer``),
+    the two interleaved. One model for both cancels what two models' memory layouts add (a few
+    percent between twins here), so the difference is the framework's own calls. Timed in this
+    thread's CPU time (``time.thread_time``), not wall time: on a shared machine the time the
+    process waits for a core is noise far larger than the microseconds a framework adds."""
+    width_in, _, classes = STEP_SIZES
+    x = torch.randn(STEP_BATCH, width_in)
+    y = torch.randint(0, classes, (STEP_BATCH,))
+    prepared = prepare(framework, precision, *tiny_mlp_and_sgd())
+    twin = Prepared(
+        getattr(prepared.model, "module", prepared.model),
+        getattr(prepared.optimizer, "optimizer", prepared.optimizer),
+        tensor_backward,
+    )
+    info = {**prepared.info, **autocast_check(prepared, x)}
+    wrapped_steps = step_loop(prepared, x, y, clock=time.thread_time)
+    bare_steps = step_loop(twin, x, y, clock=time.thread_time)
+    for warm in (wrapped_steps, bare_steps):
+        warm(50)
+    chunk = max(1, calibrate(wrapped_steps, target, start=20) // STEP_CHUNKS)
+    info["steps"] = f"{STEP_CHUNKS} x {chunk}, each"
+    return interleaved(wrapped_steps, bare_steps, chunk), info
+
+
+def interleaved(
+    wrapped: Callable[[int], float], bare: Callable[[int], float], chunk: int
+) -> Measure:
+    """One repetition: ``STEP_CHUNKS`` short runs of ``chunk`` steps of each, taking turns
+    (ABBAABBA...), so that a change of the machine's load within a repetition falls on both."""
+
+    def measure() -> dict[str, float]:
+        value = reference = 0.0
+        for i in range(STEP_CHUNKS):
+            if i % 2:
+                value += wrapped(chunk)
+                reference += bare(chunk)
+            else:
+                reference += bare(chunk)
+                value += wrapped(chunk)
+        steps = chunk * STEP_CHUNKS
+        return {"value": value / steps, "bare": reference / steps}
+
+    return measure
+
+
+def tiny_mlp_and_sgd() -> tuple[nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(0)  # the same weights in every process and for both twins
+    width_in, hidden, classes = STEP_SIZES
+    module = nn.Sequential(nn.Linear(width_in, hidden), nn.ReLU(), nn.Linear(hidden, classes))
+    return module, torch.optim.SGD(module.parameters(), lr=0.01)
+
+
 def mlp_and_optimizer() -> tuple[nn.Module, torch.optim.Optimizer]:
     torch.manual_seed(0)  # the same weights in every process and for both twins
     layers: list[nn.Module] = []
@@ -193,8 +254,10 @@ def mlp_and_optimizer() -> tuple[nn.Module, torch.optim.Optimizer]:
     return module, torch.optim.AdamW(module.parameters(), lr=1e-4)
 
 
-def step_loop(prepared: Prepared, x: Tensor, y: Tensor) -> Callable[[int], float]:
-    """A function that runs n training steps and returns the seconds they took."""
+def step_loop(
+    prepared: Prepared, x: Tensor, y: Tensor, clock: Callable[[], float] = time.perf_counter
+) -> Callable[[int], float]:
+    """A function that runs n training steps and returns the seconds they took on ``clock``."""
     model, opt, backward = prepared.model, prepared.optimizer, prepared.backward
 
     if prepared.raw_autocast:
@@ -216,10 +279,10 @@ def step_loop(prepared: Prepared, x: Tensor, y: Tensor) -> Callable[[int], float
             opt.step()
 
     def run_steps(n: int) -> float:
-        start = time.perf_counter()
+        start = clock()
         for _ in range(n):
             step()
-        return time.perf_counter() - start
+        return clock() - start
 
     return run_steps
 
@@ -267,7 +330,7 @@ def send(stream: TextIO, message: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("bench", choices=("forward", "train"))
+    parser.add_argument("bench", choices=("forward", "train", "step"))
     parser.add_argument("framework", choices=FRAMEWORKS)
     parser.add_argument("precision", choices=PRECISIONS)
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
@@ -276,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     out = protocol_stream()
     torch.set_num_threads(opts.threads)
     torch.manual_seed(0)
-    bench = forward_bench if opts.bench == "forward" else train_bench
+    bench = {"forward": forward_bench, "train": train_bench, "step": step_bench}[opts.bench]
     try:
         measure, info = bench(opts.framework, opts.precision, opts.target)
     except Exception as exc:  # reported as n/a with the reason: a missing plugin, a bad version

@@ -53,7 +53,8 @@ def test_precision_from_a_missing_package_names_the_package(
 ) -> None:
     # A name fab-precision provides, whether or not fab-precision is installed here.
     monkeypatch.setitem(registry.KNOWN_PROVIDERS["fab.precision"], "fp4-future", "fab-precision")  # type: ignore[index]
-    with pytest.raises(registry.PluginNotFoundError, match="pip install fab-precision"):
+    # Missing: "pip install fab-precision"; installed without the name: "pip install -U ...".
+    with pytest.raises(registry.PluginNotFoundError, match=r"pip install (-U )?fab-precision"):
         connect(precision="fp4-future")
 
 
@@ -77,12 +78,12 @@ def test_unknown_plugin_type_is_refused() -> None:
         connect(plugins=[object()])  # type: ignore[list-item]
 
 
-@pytest.mark.parametrize("devices", [1, "1", "auto", -1])
+@pytest.mark.parametrize("devices", [1, "1", "auto"])
 def test_cpu_device_counts(devices: object) -> None:
     assert connect(devices=devices).root_device == torch.device("cpu")
 
 
-@pytest.mark.parametrize("devices", [0, [0, 1], "0,1", 1.5, True])
+@pytest.mark.parametrize("devices", [0, [0, 1], "0,1", 1.5, True, -1, "-1"])
 def test_bad_cpu_devices_explain_what_is_accepted(devices: object) -> None:
     with pytest.raises((ValueError, TypeError), match="devices="):
         connect(devices=devices)

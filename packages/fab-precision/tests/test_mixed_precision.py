@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from torch import nn
 
 from fab.core import Fabric, registry
+from fab.core.strategies import SingleDeviceStrategy
 from fab.precision import MixedPrecision
 
 Train = Callable[..., list[float]]
@@ -160,11 +162,59 @@ def test_16_mixed_has_a_scaler_and_needs_fabric_backward() -> None:
     assert Fabric(accelerator="cpu", plugins=[precision]).strategy.requires_fabric_backward
 
 
+def scaled_gradient(precision: MixedPrecision, loss_factor: float = 2.0) -> float:
+    """The gradient ``precision.backward`` gives ``w`` for the loss ``loss_factor * w``."""
+    w = torch.tensor(1.0, requires_grad=True)
+    precision.backward(w * loss_factor, None)
+    assert w.grad is not None
+    return float(w.grad)
+
+
 def test_a_given_scaler_is_the_one_used() -> None:
     scaler = torch.amp.GradScaler("cpu", init_scale=8.0)
     precision = MixedPrecision("16-mixed", "cpu", scaler)
     assert precision.scaler is scaler
-    assert precision.pre_backward(torch.tensor(2.0), None).item() == 16.0
+    assert scaled_gradient(precision) == 16.0
+
+
+def test_the_precisions_backward_scales_the_loss_and_pre_backward_changes_nothing() -> None:
+    precision = MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu", init_scale=8.0))
+    loss = torch.tensor(2.0)
+    assert precision.pre_backward(loss, None) is loss
+    assert precision.post_backward(loss, None) is loss
+    assert scaled_gradient(precision) == 16.0
+    assert scaled_gradient(MixedPrecision("bf16-mixed", "cpu")) == 2.0  # no scaler
+
+
+class LightningStyleStrategy(SingleDeviceStrategy):
+    """A third-party strategy written as Lightning's are: it calls the precision's hooks and
+    ignores what ``pre_backward`` returns."""
+
+    def backward(
+        self, tensor: torch.Tensor, module: nn.Module | None, *args: Any, **kwargs: Any
+    ) -> None:
+        self.precision.pre_backward(tensor, module)
+        self.precision.backward(tensor, module, *args, **kwargs)
+        self.precision.post_backward(tensor, module)
+
+
+@pytest.mark.parametrize("strategy", ["fab's own", "Lightning-style"])
+def test_16_mixed_gives_scaled_gradients_and_a_true_step_under_any_strategy(strategy: str) -> None:
+    scaler = torch.amp.GradScaler("cpu", init_scale=256.0)
+    fabric = Fabric(
+        accelerator="cpu",
+        strategy=LightningStyleStrategy() if strategy == "Lightning-style" else "single_device",
+        plugins=[MixedPrecision("16-mixed", scaler=scaler)],
+    )
+    model, optimizer = fabric.setup(*model_and_sgd())
+    plain = unscaled_gradient(fabric, model)
+    before = model.weight.detach().clone()
+    x, y = data()
+    fabric.backward(nn.functional.mse_loss(model(x), y))
+    torch.testing.assert_close(model.weight.grad, plain * 256.0, rtol=1e-3, atol=1e-3)
+    optimizer.step()
+    # the scaler unscaled the gradients once: the step is the true gradient's (lr 0.1)
+    torch.testing.assert_close(model.weight.detach(), before - 0.1 * plain, rtol=1e-3, atol=1e-3)
 
 
 def unscaled_gradient(fabric: Fabric, model: nn.Module) -> torch.Tensor:
@@ -316,8 +366,7 @@ def test_the_scaler_state_is_saved_by_fabric_save_and_restored_by_fabric_load(
     assert restored.strategy.precision.state_dict() == saved
     assert restored.strategy.precision.scaler.get_scale() == 1024.0
     # and training goes on from the restored scale
-    loss = torch.tensor(2.0)
-    assert restored.strategy.precision.pre_backward(loss, None).item() == 2048.0
+    assert scaled_gradient(restored.strategy.precision) == 2048.0
 
 
 def test_the_scaler_itself_can_be_checkpointed(tmp_path: Path, train: Train) -> None:

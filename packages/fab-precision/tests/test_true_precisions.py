@@ -134,3 +134,66 @@ def test_double_precision_is_a_precision_without_backward_work() -> None:
     assert precision.precision == "64-true"
     assert not precision.requires_fabric_backward
     assert precision.state_dict() == {}
+
+
+# -- complex tensors keep their imaginary part ---------------------------------------------------
+
+#: The complex dtype each precision gives complex64 tensors: 64-true doubles both parts; the half
+#: precisions leave them alone (torch has no complex bfloat16).
+COMPLEX_DTYPES = {
+    "64-true": torch.complex128,
+    "16-true": torch.complex64,
+    "bf16-true": torch.complex64,
+}
+
+
+class ComplexFilter(nn.Module):
+    """A model with a complex parameter and a complex buffer beside a real layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.real = nn.Linear(2, 2)
+        self.gain = nn.Parameter(torch.tensor([1.0 + 2.0j, -3.0 + 0.5j]))
+        self.register_buffer("phase", torch.tensor([0.5j, 1.0 - 1.0j]))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return z * self.gain + self.phase
+
+
+def test_complex_parameters_and_buffers_keep_their_imaginary_part_through_fabric(
+    name: str,
+) -> None:
+    original = ComplexFilter()
+    gain, phase = original.gain.detach().clone(), original.phase.clone()
+    fabric = Fabric(accelerator="cpu", precision=name)
+    model = fabric.setup(original)
+    complex_dtype = COMPLEX_DTYPES[name]
+    assert model.real.weight.dtype == DTYPES[name]
+    assert model.gain.dtype == model.phase.dtype == complex_dtype
+    assert torch.equal(model.gain.detach(), gain.to(complex_dtype))
+    assert torch.equal(model.phase, phase.to(complex_dtype))
+
+    z = torch.tensor([1.0 + 1.0j, 2.0j])
+    output = model(z)
+    assert output.dtype == torch.complex64  # what the program would get without fab
+    torch.testing.assert_close(output, z * gain + phase)
+
+    fabric.backward(output.abs().sum())
+    assert model.gain.grad is not None
+    assert model.gain.grad.dtype == complex_dtype
+    assert model.gain.grad.imag.abs().sum() > 0
+
+
+def test_convert_module_never_makes_a_complex_tensor_real(name: str) -> None:
+    model = registry.PRECISION.create(name).convert_module(ComplexFilter())
+    assert all(t.is_complex() for t in (model.gain, model.phase))
+    assert model.gain.imag.abs().sum() > 0
+    assert model.phase.imag.abs().sum() > 0
+
+
+def test_64_true_converts_complex_inputs_to_complex128_and_outputs_back() -> None:
+    precision = DoublePrecision()
+    converted = precision.convert_input({"z": torch.ones(2, dtype=torch.complex64)})
+    assert converted["z"].dtype == torch.complex128
+    back = precision.convert_output(torch.ones(2, dtype=torch.complex128))
+    assert back.dtype == torch.complex64

@@ -16,29 +16,12 @@ from fab.core.accelerators.accelerator import Accelerator
 from fab.core.environments.environment import ClusterEnvironment
 from fab.core.io.checkpoint_io import CheckpointIO
 from fab.core.precision.precision import Precision
-from fab.core.strategies.strategy import Strategy, StrategyContext
-
-#: Aliases Lightning Fabric accepts for ``precision``, mapped to the canonical names.
-PRECISION_ALIASES: dict[str | int, str] = {
-    64: "64-true",
-    "64": "64-true",
-    32: "32-true",
-    "32": "32-true",
-    16: "16-mixed",
-    "16": "16-mixed",
-    "bf16": "bf16-mixed",
-}
-#: Every precision name Fabric accepts, whether or not the package providing it is installed.
-CANONICAL_PRECISION = (
-    "64-true",
-    "32-true",
-    "16-mixed",
-    "bf16-mixed",
-    "16-true",
-    "bf16-true",
-    "transformer-engine",
-    "transformer-engine-float16",
+from fab.core.precision_names import (
+    CANONICAL_PRECISION,
+    invalid_precision_message,
+    normalize_precision,
 )
+from fab.core.strategies.strategy import Strategy, StrategyContext
 
 AcceleratorArg = str | Accelerator
 StrategyArg = str | Strategy
@@ -91,19 +74,6 @@ def connect(
     return strat
 
 
-def normalize_precision(precision: str | int | None) -> str:
-    """The canonical name of a precision value (``16`` is ``"16-mixed"``, None ``"32-true"``)."""
-    if precision is None:
-        return "32-true"
-    if isinstance(precision, bool):
-        raise TypeError(f"precision={precision!r} is a bool")
-    if isinstance(precision, str | int) and precision in PRECISION_ALIASES:
-        return PRECISION_ALIASES[precision]
-    if isinstance(precision, str):
-        return precision
-    raise TypeError(f"precision={precision!r}: expected a string like 'bf16-mixed' or a Precision")
-
-
 def _split_plugins(
     plugins: PluginArg | Iterable[PluginArg] | None,
 ) -> tuple[Precision | None, CheckpointIO | None, ClusterEnvironment | None]:
@@ -113,7 +83,7 @@ def _split_plugins(
     found: dict[type, Any] = {}
     for item in items:
         if isinstance(item, str):
-            item = registry.PRECISION.create(normalize_precision(item))
+            item = _precision_by_name(item)
         for kind in (Precision, CheckpointIO, ClusterEnvironment):
             if isinstance(item, kind):
                 if kind in found:
@@ -145,19 +115,18 @@ def _resolve_precision(precision: PrecisionArg, from_plugins: Precision | None) 
                 "give one"
             )
         return from_plugins
+    return _precision_by_name(precision)
+
+
+def _precision_by_name(precision: object) -> Precision:
+    """The registry's precision for a name or alias (``"bf16"``, ``16``, None for 32-true)."""
     name = normalize_precision(precision)
     try:
         instance: Precision = registry.PRECISION.create(name)
     except registry.PluginNotFoundError as err:
         if name in CANONICAL_PRECISION or name in registry.KNOWN_PROVIDERS["fab.precision"]:
             raise  # it says which package provides the name
-        accepted = ", ".join(repr(p) for p in CANONICAL_PRECISION)
-        aliases = ", ".join(repr(a) for a in PRECISION_ALIASES)
-        extra = sorted(set(registry.PRECISION.names()) - set(CANONICAL_PRECISION))
-        raise ValueError(
-            f"precision={precision!r} is not supported; accepted: {accepted} (aliases {aliases})"
-            + (f"; installed plugins add {', '.join(map(repr, extra))}" if extra else "")
-        ) from err
+        raise ValueError(invalid_precision_message(precision)) from err
     return instance
 
 

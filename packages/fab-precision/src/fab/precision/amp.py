@@ -145,10 +145,15 @@ class MixedPrecision(Precision):
         """True with a gradient scaler (``16-mixed``): the loss must be scaled before backward."""
         return self.scaler is not None
 
-    def pre_backward(self, tensor: Tensor, module: Module | None) -> Tensor:
-        if self.scaler is None:
-            return tensor
-        return self.scaler.scale(tensor)
+    def backward(self, tensor: Tensor, model: Module | None, *args: Any, **kwargs: Any) -> None:
+        """Backward of the loss scaled by the gradient scaler (``16-mixed``), so that float16
+        gradients do not underflow; ``optimizer_step`` unscales them. Scaling here, not in
+        ``pre_backward``, gives every strategy scaled gradients, also one that ignores what
+        ``pre_backward`` returns (as Lightning's strategies do)."""
+        scaler = self.scaler
+        if scaler is not None:
+            tensor = scaler.scale(tensor)
+        tensor.backward(*args, **kwargs)  # type: ignore[no-untyped-call]
 
     def optimizer_step(self, optimizer: Optimizer, **kwargs: Any) -> Any:
         scaler = self.scaler

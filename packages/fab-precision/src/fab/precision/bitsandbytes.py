@@ -25,7 +25,7 @@ import torch
 from torch.nn import Linear, Module
 
 from fab.core.precision import Precision, default_dtype_context
-from fab.precision._utils import convert_floating, import_optional
+from fab.precision._utils import convert_floating, convert_module_floating, import_optional
 
 Mode = Literal["nf4", "nf4-dq", "fp4", "fp4-dq", "int8", "int8-training"]
 _MODES = ("nf4", "nf4-dq", "fp4", "fp4-dq", "int8", "int8-training")
@@ -87,7 +87,7 @@ class BitsandbytesPrecision(Precision):
         quantized = (self._bnb.nn.Linear4bit, self._bnb.nn.Linear8bitLt)
         if any(isinstance(m, quantized) for m in module.modules()):
             return module  # quantized by the user already
-        module = module.to(dtype=self.dtype)
+        module = convert_module_floating(module, self.dtype)
         self._replace_linears(module, prefix="")
         return module
 

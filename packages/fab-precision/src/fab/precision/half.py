@@ -9,7 +9,7 @@ import torch
 from torch.nn import Module
 
 from fab.core.precision import Precision, default_dtype_context
-from fab.precision._utils import convert_floating
+from fab.precision._utils import convert_floating, convert_module_floating
 
 HalfName = Literal["16-true", "bf16-true"]
 _DTYPES: dict[str, torch.dtype] = {"16-true": torch.float16, "bf16-true": torch.bfloat16}
@@ -23,7 +23,9 @@ class HalfPrecision(Precision):
     numerical range and precision (bfloat16 keeps float32's range; float16 does not and has no
     loss scaling here, so prefer ``bf16-true``, or ``16-mixed`` for training in float16).
 
-    - ``convert_module`` casts the model's floating-point parameters and buffers to the dtype.
+    - ``convert_module`` casts the model's floating-point parameters and buffers to the dtype;
+      complex, integer and boolean ones stay as they are (torch has no complex bfloat16, and a
+      complex tensor cast to a real dtype would lose its imaginary part).
     - ``Fabric.init_module``, ``Fabric.init_tensor`` and every forward of a wrapped model run with
       torch's default dtype set to it (restored afterwards), so tensors created there match.
     - Floating-point inputs of a wrapped model's forward are cast to the dtype; floating-point
@@ -44,7 +46,7 @@ class HalfPrecision(Precision):
         self.dtype: torch.dtype = _DTYPES[precision]
 
     def convert_module(self, module: Module) -> Module:
-        return module.to(dtype=self.dtype)
+        return convert_module_floating(module, self.dtype)
 
     def tensor_init_context(self) -> AbstractContextManager[object]:
         return default_dtype_context(self.dtype)

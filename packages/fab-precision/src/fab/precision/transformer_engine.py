@@ -25,7 +25,7 @@ import torch
 from torch.nn import LayerNorm, Linear, Module
 
 from fab.core.precision import Precision, default_dtype_context
-from fab.precision._utils import convert_floating, import_optional
+from fab.precision._utils import convert_floating, convert_module_floating, import_optional
 
 _INSTALL = '"transformer_engine[pytorch]"'
 #: FP8 matrix products need both dimensions of a Linear's weight divisible by 16.
@@ -98,7 +98,7 @@ class TransformerEnginePrecision(Precision):
     def convert_module(self, module: Module) -> Module:
         if self.replace_layers is not False and not _has_te_layers(module):
             self._replace_layers(module, prefix="")
-        return module.to(dtype=self.weights_dtype)
+        return convert_module_floating(module, self.weights_dtype)
 
     def tensor_init_context(self) -> AbstractContextManager[object]:
         return default_dtype_context(self.weights_dtype)

@@ -6,40 +6,43 @@ only when, the precision or strategy says so (``requires_fabric_backward``), the
 gradient hook on the tensors a forward returns; the hook raises unless the backward pass runs
 inside ``fabric_backward()``, which ``Fabric.backward`` enters around ``strategy.backward``.
 
-The flag is a process-wide counter, not a thread-local: autograd runs the hooks of GPU tensors on
-its own device threads, not on the thread that called backward. A counter makes it re-entrant.
+The flag is process-wide, not a thread-local: autograd runs the hooks of GPU tensors on its own
+device threads, not on the thread that called backward. It counts the blocks running, which makes
+it re-entrant.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from typing import Any
 
 from torch import Tensor
 
-_lock = threading.Lock()
-_depth = 0
+#: One entry per ``fabric_backward()`` block running, in any thread. ``list.append`` and
+#: ``list.pop`` are atomic, so the count needs no lock, and entering and leaving a block costs two
+#: C calls (``fabric.backward`` enters one on every training step).
+_active: list[None] = []
 
 
-@contextmanager
-def fabric_backward() -> Iterator[None]:
+class fabric_backward:  # lower case: used as a function, `with fabric_backward():`
     """Mark a backward pass as run by ``fabric.backward``; ``Fabric.backward`` enters it around
-    ``strategy.backward``. Re-entrant."""
-    global _depth
-    with _lock:
-        _depth += 1
-    try:
-        yield
-    finally:
-        with _lock:
-            _depth -= 1
+    ``strategy.backward``. Re-entrant.
+
+    A class rather than a ``contextlib.contextmanager`` generator: creating it runs no Python
+    code, and entering and leaving it two short methods."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        _active.append(None)
+
+    def __exit__(self, *exc: object) -> None:
+        _active.pop()
 
 
 def in_fabric_backward() -> bool:
     """Whether a ``fabric_backward()`` block is running (in any thread)."""
-    return _depth > 0
+    return bool(_active)
 
 
 class BackwardCheck:
@@ -53,7 +56,7 @@ class BackwardCheck:
         )
 
     def __call__(self, grad: Tensor) -> None:
-        if _depth == 0:
+        if not _active:
             raise RuntimeError(self.message)
 
     def attach(self, output: Any) -> Any:

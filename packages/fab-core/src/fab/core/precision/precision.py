@@ -65,14 +65,24 @@ class Precision:
 
     # -- backward and steps ---------------------------------------------------------------
 
+    # A strategy runs backward as ``pre_backward(t, m)``, ``backward(t, m, ...)``,
+    # ``post_backward(t, m)`` (Strategy.backward), and may ignore what pre_backward returns, as
+    # Lightning's strategies and those written like them do. So whatever changes the tensor
+    # that backward runs on (loss scaling) belongs in ``backward``, never in ``pre_backward``.
+
     def pre_backward(self, tensor: Tensor, module: Module | None) -> Tensor:
-        """Runs before backward; may return a different tensor (a scaled loss)."""
+        """Runs before backward (bookkeeping only). Returns ``tensor`` unchanged: strategies may
+        ignore the return value, so a precision that must change the tensor (scale a loss) does
+        it in ``backward``."""
         return tensor
 
     def backward(self, tensor: Tensor, model: Module | None, *args: Any, **kwargs: Any) -> None:
+        """Run the backward pass of ``tensor`` (``args``/``kwargs`` are ``Tensor.backward``'s).
+        A precision that scales the loss scales it here, before calling backward."""
         tensor.backward(*args, **kwargs)  # type: ignore[no-untyped-call]
 
     def post_backward(self, tensor: Tensor, module: Module | None) -> Tensor:
+        """Runs after backward (bookkeeping only); returns ``tensor`` unchanged."""
         return tensor
 
     @property
