@@ -1,12 +1,17 @@
-"""Run the 2-process example many times and check that every run exits 0 and leaves nothing.
+"""Run the 2-process example many times, and runs in which a worker fails, and check that every
+run ends as it must and leaves nothing.
 
-    python tools/dev.py stress           # 100 runs of each launcher, then docs/reliability.md
-    python tools/dev.py stress -- --runs 20 --launcher ddp --no-write
+    python tools/dev.py stress           # 100 runs of each case, then docs/reliability.md
+    python tools/dev.py stress -- --runs 20 --case ddp --case ddp-worker-raises --no-write
 
-Each run is started in a session of its own; after it ends, no process of that session may be
-alive (a worker left behind would be). The result, with a fingerprint of the launch code, is
-written into docs/reliability.md between markers; tools/tests/test_stress_record.py fails when
-the launch code changes and the record was not re-measured.
+The cases: the example under each launcher (``ddp``, ``fab-run``, ``ddp_spawn`` on request) must
+exit 0; a run of ``strategy="ddp"`` whose rank 1 raises (``ddp-worker-raises``) or is killed with
+SIGKILL (``ddp-worker-killed``) while rank 0 waits for it in a collective must exit 1 with
+fab's line naming rank 1. Each run is started in a session of its own; after it ends, no process
+of that session may be alive (a worker left behind would be). The result, with a fingerprint of
+the launch code, is written into docs/reliability.md between markers;
+tools/tests/test_stress_record.py fails when the launch code changes and the record was not
+re-measured.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import contextlib
 import hashlib
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -27,6 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "docs" / "examples" / "ddp_minimal.py"
+FAULT = ROOT / "tools" / "stress_fault.py"
 RECORD = ROOT / "docs" / "reliability.md"
 BEGIN = "<!-- stress:begin -->"
 END = "<!-- stress:end -->"
@@ -37,16 +44,45 @@ LAUNCH_CODE = (
     "packages/fab-strategies/src/fab/strategies/environments/fab.py",
     "packages/fab-core/src/fab/core/run_command.py",
     "docs/examples/ddp_minimal.py",
+    "tools/stress_fault.py",
 )
-#: How each launcher starts the example.
-LAUNCHERS: dict[str, list[str]] = {
-    "ddp": [str(EXAMPLE)],
-    "ddp_spawn": [str(EXAMPLE), "--strategy", "ddp_spawn"],
-    "fab-run": [
-        *("-m", "fab.core.cli", "run", "--accelerator", "cpu", "--devices", "2"),
-        str(EXAMPLE),
-    ],
+
+
+@dataclass(frozen=True)
+class Case:
+    """How a case is started and how it must end."""
+
+    args: list[str]
+    #: The exit code every run must end with.
+    code: int = 0
+    #: A pattern the run's output must hold (fab naming the failed rank).
+    says: str | None = None
+
+    @property
+    def expected(self) -> str:
+        return f"exit {self.code}" + (", rank 1 named" if self.says else "")
+
+
+def _worker_fails(fault: str, how: str) -> Case:
+    return Case(
+        [str(FAULT), fault],
+        code=1,
+        says=rf"fab: the run failed: rank 1 \(pid \d+\) {how}; stopping the other ranks",
+    )
+
+
+#: Every case, by name.
+CASES: dict[str, Case] = {
+    "ddp": Case([str(EXAMPLE)]),
+    "ddp_spawn": Case([str(EXAMPLE), "--strategy", "ddp_spawn"]),
+    "fab-run": Case(
+        [*("-m", "fab.core.cli", "run", "--accelerator", "cpu", "--devices", "2"), str(EXAMPLE)]
+    ),
+    "ddp-worker-raises": _worker_fails("raise", "exited with code 1"),
+    "ddp-worker-killed": _worker_fails("sigkill", "was killed by SIGKILL"),
 }
+#: What ``stress`` runs without ``--case``.
+DEFAULT_CASES = ("ddp", "fab-run", "ddp-worker-raises", "ddp-worker-killed")
 RUN_TIMEOUT = 120.0
 
 
@@ -68,6 +104,14 @@ class Outcome:
     seconds: float
     left_behind: int
     tail: str
+    #: Whether the output holds what the case must say (True when it must say nothing).
+    said: bool = True
+
+    def as_expected(self, case: Case) -> bool:
+        return self.code == case.code and self.said and not self.left_behind
+
+    def describe(self) -> str:
+        return f"exit {self.code}" + ("" if self.said else " without naming the rank")
 
 
 def session_processes(session_id: int) -> list[int]:
@@ -87,7 +131,7 @@ def session_processes(session_id: int) -> list[int]:
     return found
 
 
-def run_once(python: str, args: list[str]) -> Outcome:
+def run_once(python: str, args: list[str], says: str | None = None) -> Outcome:
     start = time.monotonic()
     process = subprocess.Popen(
         [python, *args],
@@ -111,36 +155,51 @@ def run_once(python: str, args: list[str]) -> Outcome:
     for pid in left:  # never leave them, even when reporting them
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    return Outcome(process.returncode, seconds, len(left), out[-2000:])
+    said = says is None or re.search(says, out) is not None
+    return Outcome(process.returncode, seconds, len(left), out[-2000:], said)
 
 
-def stress(launcher: str, runs: int, python: str) -> list[Outcome]:
-    outcomes = []
+def stress(
+    names: list[str], runs: int, python: str, minutes: float | None = None
+) -> dict[str, list[Outcome]]:
+    """``runs`` runs of each case, taken in turns (one of each, then again), so that every case
+    meets the same conditions of the machine; with ``minutes``, no new round starts after that
+    time, and each case has as many runs as the rounds that were done."""
+    results: dict[str, list[Outcome]] = {name: [] for name in names}
+    deadline = None if minutes is None else time.monotonic() + 60 * minutes
     for index in range(runs):
-        outcome = run_once(python, LAUNCHERS[launcher])
-        outcomes.append(outcome)
-        status = "ok" if outcome.code == 0 and not outcome.left_behind else "FAILED"
-        print(
-            f"{launcher} {index + 1}/{runs}: exit {outcome.code}, {outcome.seconds:.1f} s, "
-            f"{outcome.left_behind} left behind  {status}",
-            flush=True,
-        )
-        if status == "FAILED":
-            print(outcome.tail, flush=True)
-    return outcomes
+        if deadline is not None and time.monotonic() > deadline:
+            print(f"time is up after {index} rounds of {runs}", flush=True)
+            break
+        for name in names:
+            case = CASES[name]
+            outcome = run_once(python, case.args, case.says)
+            results[name].append(outcome)
+            status = "ok" if outcome.as_expected(case) else "FAILED"
+            print(
+                f"{name} {index + 1}/{runs}: {outcome.describe()}, {outcome.seconds:.1f} s, "
+                f"{outcome.left_behind} left behind  {status}",
+                flush=True,
+            )
+            if status == "FAILED":
+                print(outcome.tail, flush=True)
+    return results
 
 
 def table(results: dict[str, list[Outcome]]) -> str:
     lines = [
-        "| launcher | runs | exit 0 | other exits | processes left | median s | max s |",
-        "|---|---|---|---|---|---|---|",
+        "| case | expected | runs | as expected | other outcomes | processes left | median s "
+        "| max s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for launcher, outcomes in results.items():
+    for name, outcomes in results.items():
+        case = CASES[name]
         seconds = sorted(o.seconds for o in outcomes)
-        others = Counter(o.code for o in outcomes if o.code != 0)
+        others = Counter(o.describe() for o in outcomes if not o.as_expected(case))
         lines.append(
-            f"| `{launcher}` | {len(outcomes)} | {sum(o.code == 0 for o in outcomes)} | "
-            f"{', '.join(f'{c}: {n}' for c, n in sorted(others.items())) or 'none'} | "
+            f"| `{name}` | {case.expected} | {len(outcomes)} | "
+            f"{sum(o.as_expected(case) for o in outcomes)} | "
+            f"{', '.join(f'{what}: {n}' for what, n in sorted(others.items())) or 'none'} | "
             f"{sum(o.left_behind for o in outcomes)} | {seconds[len(seconds) // 2]:.1f} | "
             f"{seconds[-1]:.1f} |"
         )
@@ -170,20 +229,32 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument(
+        "--case",
         "--launcher",
+        dest="cases",
         action="append",
-        choices=sorted(LAUNCHERS),
-        help="repeatable; default: ddp and fab-run",
+        choices=sorted(CASES),
+        help=f"repeatable; default: {', '.join(DEFAULT_CASES)}",
+    )
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="start no new round of runs after this many minutes (the record says how many ran)",
     )
     parser.add_argument("--no-write", action="store_true", help="do not update the record")
     args = parser.parse_args()
-    launchers = args.launcher or ["ddp", "fab-run"]
-    results = {name: stress(name, args.runs, sys.executable) for name in launchers}
+    cases = args.cases or list(DEFAULT_CASES)
+    results = stress(cases, args.runs, sys.executable, args.minutes)
+    if not any(results.values()):
+        print("no run was done", flush=True)
+        return 1
     print(table(results))
-    clean = all(o.code == 0 and not o.left_behind for r in results.values() for o in r)
+    clean = all(o.as_expected(CASES[name]) for name, r in results.items() for o in r)
     if not args.no_write:
-        flags = " ".join(f"--launcher {name}" for name in launchers)
-        write_record(results, f"python tools/dev.py stress -- --runs {args.runs} {flags}")
+        flags = " ".join(f"--case {name}" for name in cases)
+        budget = "" if args.minutes is None else f" --minutes {args.minutes:g}"
+        write_record(results, f"python tools/dev.py stress -- --runs {args.runs}{budget} {flags}")
         print(f"wrote {RECORD.relative_to(ROOT)}")
     return 0 if clean else 1
 

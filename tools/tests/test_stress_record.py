@@ -1,6 +1,7 @@
-"""docs/reliability.md records 100 clean runs of each launcher, measured on the launch code that is
-in the repository now: changing that code without running ``tools/dev.py stress`` again fails
-here."""
+"""docs/reliability.md records 100 runs of each stress case (the example under each launcher
+exiting 0; a failing worker ending the run with exit 1 and its rank named), every one as expected,
+measured on the launch code that is in the repository now: changing that code without running
+``tools/dev.py stress`` again fails here."""
 
 from __future__ import annotations
 
@@ -26,13 +27,46 @@ def test_the_record_was_measured_on_the_current_launch_code() -> None:
     )
 
 
-def test_every_launcher_ran_100_times_cleanly() -> None:
-    rows = re.findall(r"^\| `([\w-]+)` \| (\d+) \| (\d+) \| (\w+) \| (\d+) \|", record(), re.M)
-    assert {launcher for launcher, *_ in rows} >= {"ddp", "fab-run"}
-    for launcher, runs, clean, others, left in rows:
-        assert int(runs) >= 100, launcher
-        assert int(clean) == int(runs), f"{launcher}: {others}"
-        assert int(left) == 0, launcher
+#: A row of the record's table: case, expected, runs, as expected, other outcomes, processes left.
+ROW = re.compile(r"^\| `([\w-]+)` \| ([^|]+) \| (\d+) \| (\d+) \| ([^|]+) \| (\d+) \|", re.M)
+
+
+def test_every_case_ran_100_times_as_expected() -> None:
+    rows = ROW.findall(record())
+    assert {case for case, *_ in rows} >= set(stress.DEFAULT_CASES), "a case was not measured"
+    for case, expected, runs, as_expected, others, left in rows:
+        assert expected.strip() == stress.CASES[case].expected, case
+        assert int(runs) >= 100, case
+        assert int(as_expected) == int(runs), f"{case}: {others.strip()}"
+        assert int(left) == 0, case
+
+
+def test_the_record_table_is_what_the_test_reads() -> None:
+    """The test above reads the table that stress.table writes (so it cannot pass by reading
+    nothing), and an unexpected outcome shows in it."""
+    ok = stress.Outcome(code=1, seconds=2.0, left_behind=0, tail="", said=True)
+    unnamed = stress.Outcome(code=1, seconds=3.0, left_behind=0, tail="", said=False)
+    aborted = stress.Outcome(code=134, seconds=4.0, left_behind=1, tail="")
+    text = stress.table({"ddp-worker-killed": [ok, unnamed, aborted]})
+    rows = ROW.findall(text)
+    assert rows == [
+        (
+            "ddp-worker-killed",
+            "exit 1, rank 1 named",
+            "3",
+            "1",
+            "exit 1 without naming the rank: 1, exit 134: 1",
+            "1",
+        )
+    ]
+
+
+def test_a_fault_case_must_name_the_rank() -> None:
+    case = stress.CASES["ddp-worker-killed"]
+    assert case.says is not None
+    line = "fab: the run failed: rank 1 (pid 4242) was killed by SIGKILL; stopping the other ranks"
+    assert re.search(case.says, f"[rank0]: RuntimeError: Connection reset by peer\n{line}\n")
+    assert not re.search(case.says, "[rank0]: RuntimeError: Connection reset by peer\n")
 
 
 def test_the_fingerprint_follows_the_code(tmp_path: Path) -> None:

@@ -9,13 +9,14 @@ from __future__ import annotations
 import os
 import sys
 import time
+import warnings
 from typing import Any
 
 import pytest
 import torch
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
-from fab.core import Fabric
+from fab.core import Fabric, seed_everything
 from fab.strategies import DDPStrategy, FabEnvironment, MultiProcessingLauncher
 from fab.strategies.launchers import LaunchError, SubprocessScriptLauncher
 from fab.strategies.launchers.subprocess_script import rerun_command
@@ -131,6 +132,45 @@ def _fail_on_rank_1(fabric: Fabric) -> None:
     time.sleep(60)
 
 
+def _one_sgd_step(fabric: Fabric, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """One step with lr 1 and a gradient of 1 on every parameter; the buffer counts the steps.
+    Returns what each rank's own model moved by."""
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    model, optimizer = fabric.setup(model, optimizer)
+    fabric.backward(model(torch.ones(1, 1)).sum())
+    optimizer.step()
+    with torch.no_grad():
+        model.steps += 1  # an in-place update of a buffer, as BatchNorm's running statistics
+    fabric.barrier()  # both ranks stepped before either reads
+    moved = {name: p.detach() - before[name] for name, p in model.module.named_parameters()}
+    return {
+        "moved": fabric.all_gather(torch.cat([moved["weight"].flatten(), moved["bias"]])),
+        "steps": fabric.all_gather(model.module.steps.clone()),
+    }
+
+
+def _shuffled_orders(fabric: Fabric, seeds: list[int | None]) -> dict[str, list[torch.Tensor]]:
+    """Each rank's shuffled order of range(16) after ``seed_everything(seed)`` (None: the seed
+    set before launch), gathered from both ranks."""
+    orders = []
+    for seed in seeds:
+        if seed is not None:
+            fabric.seed_everything(seed)
+        loader = DataLoader(TensorDataset(torch.arange(16)), batch_size=4, shuffle=True)
+        loader = fabric.setup_dataloaders(loader)
+        orders.append(fabric.all_gather(torch.cat([batch[0] for batch in loader])))
+    return {"orders": orders}
+
+
+def _expected_order(seed: int, rank: int) -> list[int]:
+    """What torch's DistributedSampler seeded with ``seed`` gives ``rank`` of 2."""
+    sampler = torch.utils.data.DistributedSampler(
+        range(16), num_replicas=2, rank=rank, shuffle=True, seed=seed
+    )
+    return list(sampler)
+
+
 class RunFabric(Fabric):
     """The subclass pattern: the training is in run()."""
 
@@ -149,6 +189,41 @@ def test_launch_returns_rank_zero_result() -> None:
     rank, local_rank, world_size, pid = fabric.launch(_ranks, 100)
     assert (rank, local_rank, world_size) == (100, 0, 2)
     assert pid != os.getpid()
+
+
+@pytest.mark.parametrize("strategy", ["ddp_spawn", "ddp_fork"])
+def test_each_rank_steps_its_own_copy_of_the_model_given_to_launch(strategy: str) -> None:
+    """Regression: under ddp_spawn the model passed to launch() was in memory shared by the
+    ranks, so each step was applied once per rank (the weight moved -2 instead of -1)."""
+    model = torch.nn.Linear(1, 1)
+    model.register_buffer("steps", torch.zeros(1))
+    weight = model.weight.detach().clone()
+    fabric = Fabric(accelerator="cpu", devices=2, strategy=strategy)
+    out = fabric.launch(_one_sgd_step, model)
+    assert out["moved"].tolist() == [[-1.0, -1.0], [-1.0, -1.0]]  # per rank: weight, bias
+    assert out["steps"].tolist() == [[1.0], [1.0]]
+    assert torch.equal(model.weight, weight)  # the launching process's model is its own too
+    assert model.steps.item() == 0
+
+
+@pytest.mark.parametrize("strategy", ["ddp_spawn", "ddp_fork"])
+def test_the_distributed_sampler_follows_the_global_seed(
+    strategy: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: the DistributedSampler that setup_dataloaders inserts always shuffled with
+    seed 0. It follows seed_everything on every rank, called in the rank or before launch."""
+    for variable in ("FAB_GLOBAL_SEED", "PL_GLOBAL_SEED", "FAB_SEED_WORKERS", "PL_SEED_WORKERS"):
+        monkeypatch.setenv(variable, "")  # restored after the test, whatever seed_everything sets
+    state = torch.get_rng_state()
+    seed_everything(5, verbose=False)  # in the launching process: the ranks inherit it
+    torch.set_rng_state(state)
+    fabric = Fabric(accelerator="cpu", devices=2, strategy=strategy)
+    orders = fabric.launch(_shuffled_orders, [None, 1, 2, 1])["orders"]
+    for seed, gathered in zip([5, 1, 2, 1], orders, strict=True):
+        for rank in (0, 1):
+            assert gathered[rank].tolist() == _expected_order(seed, rank), (seed, rank)
+    assert orders[1].tolist() != orders[2].tolist()  # seeds 1 and 2 differ
+    assert orders[1].tolist() == orders[3].tolist()  # seed 1 again: the same order
 
 
 def test_collectives() -> None:
@@ -301,10 +376,24 @@ def test_a_subclass_run_launches_the_processes() -> None:
     assert fabric.run(2.0) == (2, 6.0)  # rank 0's result, after a real all_reduce
 
 
-def test_dp_falls_back_to_ddp_with_a_warning() -> None:
-    with pytest.warns(UserWarning, match="strategy='ddp'"):
+def test_dp_falls_back_to_ddp_with_a_warning_at_the_users_line() -> None:
+    with pytest.warns(UserWarning, match="strategy='ddp'") as record:
         fabric = Fabric(accelerator="cpu", devices=1, strategy="dp")
     assert type(fabric.strategy) is DDPStrategy
+    assert [w.filename for w in record] == [__file__]  # this line, not one inside fab
+
+
+def test_dp_warns_on_global_rank_zero_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The script re-run for rank 1 (or a rank of `fab run`) says nothing: one warning per run
+    (with real processes: test_launchers_for_real.py)."""
+    from fab.core.utilities.rank_zero import rank_zero_only
+
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        fabric = Fabric(accelerator="cpu", devices=1, strategy="dp")
+    assert type(fabric.strategy) is DDPStrategy
+    assert not [w for w in record if "strategy='dp'" in str(w.message)]
 
 
 def test_find_unused_parameters_alias() -> None:

@@ -10,7 +10,9 @@ every process within 30 s with a non-zero exit.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -29,7 +31,7 @@ FAILURE_BUDGET_SECONDS = 30.0
 
 WORKER = textwrap.dedent(
     """
-    import os, sys, time
+    import os, signal, sys, time
     from pathlib import Path
     import torch
     from fab.core import Fabric
@@ -48,6 +50,8 @@ WORKER = textwrap.dedent(
         fabric.barrier()
         if mode == "raise" and rank == int(sys.argv[3]):
             raise ValueError(f"rank {rank} is broken on purpose")
+        if mode == "die" and rank == int(sys.argv[3]):
+            os.kill(os.getpid(), signal.SIGKILL)  # the other rank goes on into a collective
         if mode == "hang":
             (pid_dir / f"{rank}.ready").write_text("")
             time.sleep(300)
@@ -139,6 +143,13 @@ def assert_all_gone(run: Run, within: float = 5.0) -> None:
     assert not left, f"processes left behind: {left}"
 
 
+def failure_report(err: str) -> str:
+    """The launching process's line that names the rank the run failed on; there must be one."""
+    lines = [line for line in err.splitlines() if line.startswith("fab: the run failed: ")]
+    assert len(lines) == 1, f"expected one line naming the failed rank, got {lines}:\n{err}"
+    return lines[0]
+
+
 def python(*args: str) -> list[str]:
     return [sys.executable, *args]
 
@@ -190,8 +201,34 @@ def test_ddp_one_rank_raising_ends_the_run(
     runs.append(run)
     code, _out, err = run.wait(timeout=90)
     assert time.monotonic() - start < FAILURE_BUDGET_SECONDS + 15  # + start-up of 2 processes
-    assert code != 0
+    assert code == 1, err
     assert f"ValueError: rank {failing_rank} is broken on purpose" in err
+    # Rank 0 is named whether it failed itself or lost its peer ("Connection reset by peer")
+    report = failure_report(err)
+    if failing_rank == 1:
+        assert re.fullmatch(
+            r"fab: the run failed: rank 1 \(pid \d+\) exited with code 1; .*", report
+        )
+    else:
+        assert re.fullmatch(r"fab: the run failed: rank 0 \(pid \d+\) raised ValueError .*", report)
+    assert_all_gone(run)
+
+
+def test_ddp_a_worker_killed_while_rank_0_waits_for_it_is_named(
+    worker: Path, runs: list[Run]
+) -> None:
+    """Regression: rank 0, waiting in a collective, died of gloo's "Connection reset by peer"
+    and nothing said that rank 1 had been killed."""
+    pid_dir = worker.parent / "pids"
+    run = Run(python(str(worker), "die", str(pid_dir), "1"), pid_dir)
+    runs.append(run)
+    code, _out, err = run.wait(timeout=90)
+    assert code == 1, err
+    report = failure_report(err)
+    assert re.fullmatch(
+        r"fab: the run failed: rank 1 \(pid \d+\) was killed by SIGKILL; .*", report
+    )
+    assert "terminate called" not in err
     assert_all_gone(run)
 
 
@@ -207,10 +244,14 @@ def test_ddp_a_worker_killed_with_sigkill_ends_the_run(
     os.kill(run.rank_pids()[victim], signal.SIGKILL)
     code, _out, err = run.wait(timeout=FAILURE_BUDGET_SECONDS)
     assert time.monotonic() - killed_at < FAILURE_BUDGET_SECONDS
-    assert code != 0
     if victim == 1:  # rank 0 is the launching process: it says what happened
-        assert "rank 1" in err
-        assert "was killed by SIGKILL" in err
+        assert code == 1, err
+        report = failure_report(err)
+        assert re.fullmatch(
+            r"fab: the run failed: rank 1 \(pid \d+\) was killed by SIGKILL; .*", report
+        )
+    else:
+        assert code == -signal.SIGKILL
     assert_all_gone(run)
 
 
@@ -227,6 +268,80 @@ def test_ddp_busy_port_is_a_clear_error(worker: Path, runs: list[Run]) -> None:
     assert f"PortInUseError: port {port} on 127.0.0.1 is already in use" in err
     assert "MASTER_PORT" in err
     assert not list(pid_dir.glob("*.pid"))  # nothing started
+
+
+SEEDED_ORDERS = textwrap.dedent(
+    """
+    import os, sys
+    import torch
+    from torch.utils.data import DataLoader
+    from fab.core import Fabric
+
+    strategy, pid_dir, seeds = sys.argv[1], sys.argv[2], sys.argv[3:]
+    fabric = Fabric() if os.environ.get("FAB_CLI_DEVICES") else Fabric(
+        accelerator="cpu", devices=2, strategy=strategy
+    )
+    fabric.launch()
+    open(os.path.join(pid_dir, f"{fabric.global_rank}.pid"), "w").write(str(os.getpid()))
+    for seed in map(int, seeds):
+        fabric.seed_everything(seed)
+        loader = fabric.setup_dataloaders(DataLoader(range(16), batch_size=4, shuffle=True))
+        order = [int(i) for batch in loader for i in batch]
+        print(f"rank {fabric.global_rank} seed {seed} order {order}", flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("launcher", ["ddp", "fab run"])
+def test_the_distributed_sampler_follows_the_global_seed(
+    tmp_path: Path, runs: list[Run], launcher: str
+) -> None:
+    """Regression: the DistributedSampler that setup_dataloaders inserts shuffled with seed 0
+    whatever seed_everything said. Every rank follows the seed, whichever launcher started it
+    (ddp_spawn and ddp_fork: test_ddp.py)."""
+    from torch.utils.data import DistributedSampler
+
+    script = tmp_path / "orders.py"
+    script.write_text(SEEDED_ORDERS)
+    args = [str(script), "ddp", str(tmp_path), "1", "2", "1"]
+    command = python(*args) if launcher == "ddp" else fab_run("--devices", "2", *args)
+    run = Run(command, tmp_path)
+    runs.append(run)
+    code, out, err = run.wait(timeout=90)
+    assert code == 0, err
+    orders = {}
+    for line in out.splitlines():
+        found = re.fullmatch(r"rank (\d) seed (\d) order (\[.*\])", line)
+        if found:
+            orders.setdefault((int(found[1]), int(found[2])), []).append(json.loads(found[3]))
+    for rank in (0, 1):
+        for seed in (1, 2):
+            expected = list(DistributedSampler(range(16), 2, rank, shuffle=True, seed=seed))
+            assert orders[rank, seed] == [expected] * (2 if seed == 1 else 1), (rank, seed)
+    assert orders[0, 1] != orders[0, 2]
+    assert_all_gone(run)
+
+
+def test_the_dp_fallback_warns_once_at_the_users_line(tmp_path: Path, runs: list[Run]) -> None:
+    """Regression: strategy="dp" (run as ddp) warned once per rank, at a line of fab's registry."""
+    script = tmp_path / "dp.py"
+    script.write_text(
+        "import os\n"
+        "from fab.core import Fabric\n"
+        "fabric = Fabric(accelerator='cpu', devices=2, strategy='dp')\n"
+        "fabric.launch()\n"
+        f"open(os.path.join({str(tmp_path)!r}, f'{{fabric.global_rank}}.pid'), 'w')"
+        ".write(str(os.getpid()))\n"
+        "fabric.barrier()\n"
+    )
+    run = Run(python(str(script)), tmp_path)
+    runs.append(run)
+    code, _out, err = run.wait(timeout=90)
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if "UserWarning: strategy='dp'" in line]
+    assert len(warnings) == 1, err
+    assert warnings[0].startswith(f"{script}:3: UserWarning: strategy='dp'"), err
+    assert_all_gone(run)
 
 
 # -- fab run: torchrun underneath --------------------------------------------------------------

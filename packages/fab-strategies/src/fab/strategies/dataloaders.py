@@ -4,7 +4,9 @@
 What it does depends on how the loader picks its samples:
 
 - the default samplers (``SequentialSampler``, or ``RandomSampler`` over the whole dataset without
-  replacement): a torch ``DistributedSampler``, shuffling when the original did, ``drop_last`` kept;
+  replacement): a torch ``DistributedSampler``, shuffling when the original did, ``drop_last`` kept,
+  seeded with the global seed (the last ``seed_everything``'s, the same on every rank; 0 without
+  one, as in torch), so that the shuffle order follows the seed;
 - any other sampler (``WeightedRandomSampler``, a class of your own): :class:`ShardedSampler`
   around it, so the user's sampling is kept and each rank takes every ``num_replicas``-th index;
 - a batch sampler of your own (bucketing by length, ...): :class:`ShardedBatchSampler` around it,
@@ -36,6 +38,8 @@ from torch.utils.data import (
     Sampler,
     SequentialSampler,
 )
+
+from fab.core.utilities import global_seed
 
 __all__ = ["ShardedBatchSampler", "ShardedSampler", "SizedIterable", "shard_dataloader"]
 
@@ -146,11 +150,16 @@ def shard_dataloader(
     num_replicas: int,
     rank: int,
     use_distributed_sampler: bool = True,
+    seed: int | None = None,
 ) -> DataLoader[Any]:
     """The loader that process ``rank`` of ``num_replicas`` iterates: ``dataloader`` re-created
     with a sampler or batch sampler that gives this rank its share (see the module's
     documentation), every other argument kept; or ``dataloader`` itself when there is nothing to
     do, or nothing fab can do (then with a ``UserWarning`` on rank 0 that says so).
+
+    ``seed`` seeds the ``DistributedSampler``'s shuffling; by default the global seed that
+    ``seed_everything`` set in this process or the one that started it
+    (:func:`fab.core.utilities.global_seed`), or 0 when none was set.
 
     Raises ``TypeError`` when ``dataloader`` is of a DataLoader subclass that cannot be re-created
     from its attributes.
@@ -189,6 +198,7 @@ def shard_dataloader(
             num_replicas=num_replicas,
             rank=rank,
             shuffle=isinstance(sampler, RandomSampler),
+            seed=_sampler_seed(seed),
             drop_last=drop_last,
         )
     elif isinstance(sampler, Sized):
@@ -224,6 +234,13 @@ def _share(items: Iterable[_T], num_replicas: int, rank: int, drop_last: bool) -
     else:
         # position seen - len(round_) + rank of the sequence repeated from its start
         yield head[(seen - len(round_) + rank) % seen]
+
+
+def _sampler_seed(seed: int | None) -> int:
+    if seed is not None:
+        return seed
+    found = global_seed()  # read when the loader is set up, on every rank alike
+    return 0 if found is None else found
 
 
 def _check_rank(num_replicas: int, rank: int) -> None:

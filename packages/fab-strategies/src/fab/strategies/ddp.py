@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 import warnings
 from collections.abc import Generator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import timedelta
+from types import FrameType
 from typing import Any, Literal
 
 import torch
@@ -219,11 +221,29 @@ def dp() -> DDPStrategy:
     """``strategy="dp"``: fab does not implement torch's DataParallel (single process, several
     GPUs, deprecated by torch in favour of DDP). Like Lightning Fabric on the CPU ("'dp' is not
     supported on CPUs, hence setting strategy='ddp'"), it warns and falls back to ``ddp``, on
-    every accelerator."""
-    warnings.warn(
-        "strategy='dp' (torch.nn.DataParallel) is not supported by fab, hence using "
-        "strategy='ddp' (DistributedDataParallel, one process per device) instead",
-        UserWarning,
-        stacklevel=2,
-    )
+    every accelerator. The warning is given once for the run (on global rank 0: the script
+    re-run for the other ranks does not repeat it) and points at the user's line that asked for
+    the strategy."""
+    if rank_zero_only.rank == 0:  # type: ignore[attr-defined]
+        warnings.warn(
+            "strategy='dp' (torch.nn.DataParallel) is not supported by fab, hence using "
+            "strategy='ddp' (DistributedDataParallel, one process per device) instead",
+            UserWarning,
+            stacklevel=_stacklevel_of_the_caller_outside_fab(),
+        )
     return DDPStrategy()
+
+
+def _stacklevel_of_the_caller_outside_fab() -> int:
+    """The ``stacklevel`` that makes a warning given by the function calling this one point at
+    the first frame outside fab's packages (the user's ``Fabric(...)`` line), however many of
+    fab's frames (the connector, the registry) lie between."""
+    import fab
+
+    fab_roots = tuple(os.path.join(os.path.abspath(root), "") for root in fab.__path__)
+    frame: FrameType | None = sys._getframe(2)  # the caller of the function that warns
+    level = 2
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(fab_roots):
+        frame = frame.f_back
+        level += 1
+    return level

@@ -23,6 +23,13 @@ class Launcher(ABC):
     def is_interactive_compatible(self) -> bool:
         """Whether it works in a notebook or a REPL (forking does; re-running a script does not)."""
 
+    @property
+    def requires_function(self) -> bool:
+        """Whether the processes it starts run only the function given to ``Fabric.launch``
+        (spawn, fork), so that ``launch()`` without one is an error; False where every process
+        runs the whole script (re-running it, ``fab run``)."""
+        return False
+
     @abstractmethod
     def launch(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run ``function(*args, **kwargs)`` in every process; return rank 0's result."""

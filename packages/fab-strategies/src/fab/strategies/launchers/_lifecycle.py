@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Any
 
 import torch.distributed as dist
 
@@ -23,24 +22,73 @@ _PR_SET_PDEATHSIG = 1
 
 
 _uncaught: list[bool] = []
-_hook: list[Callable[[type[BaseException], BaseException, TracebackType | None], Any]] = []
+#: How many of fab's hooks are running: only the outermost reports (see track_uncaught_exceptions).
+_hook_depth = [0]
+_on_uncaught: list[Callable[[BaseException], None]] = []
+
+#: What gloo (and the socket under it) says when the process at the other end of a connection
+#: went away: a rank that died, or one that left its process group after failing.
+_LOST_PEER_MARKERS = (
+    "closed by peer",
+    "reset by peer",
+    "broken pipe",
+    "connection refused",
+    "remote worker",
+)
 
 
 def track_uncaught_exceptions() -> None:
     """Note when the main thread dies of an exception (Ctrl-C included), for
-    :func:`exiting_on_error`. Installed once per process; hooks installed later (torch.distributed
-    installs one) call it in turn."""
-    if _hook:
+    :func:`exiting_on_error`, and run the :func:`on_uncaught_exception` callbacks then.
+
+    Call it again after something else replaced ``sys.excepthook`` (``init_process_group``
+    installs a hook that prints the traceback with a ``[rankN]`` prefix, all at once when it
+    returns): fab's hook then wraps that one too, so that the callbacks' reports come after the
+    traceback, not inside it or before it. Only the outermost of fab's hooks runs them.
+    """
+    if getattr(sys.excepthook, "_fab_tracks_uncaught", False):
         return
-    _hook.append(sys.excepthook)
-    sys.excepthook = _note_uncaught
+    previous = sys.excepthook
+
+    def hook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+        _uncaught.append(True)
+        _hook_depth[0] += 1
+        try:
+            previous(kind, value, tb)
+        finally:
+            _hook_depth[0] -= 1
+        if _hook_depth[0] == 0:
+            _run_uncaught_callbacks(value)
+
+    hook._fab_tracks_uncaught = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
 
 
-def _note_uncaught(
-    kind: type[BaseException], value: BaseException, traceback: TracebackType | None
-) -> None:
-    _uncaught.append(True)
-    _hook[0](kind, value, traceback)
+def on_uncaught_exception(callback: Callable[[BaseException], None]) -> None:
+    """Call ``callback(exception)`` once when the main thread dies of an exception: after its
+    traceback is printed, before the ``atexit`` handlers run (so the process group still exists,
+    and the other processes have not been told anything yet)."""
+    track_uncaught_exceptions()
+    _on_uncaught.append(callback)
+
+
+def _run_uncaught_callbacks(error: BaseException) -> None:
+    callbacks = list(_on_uncaught)
+    _on_uncaught.clear()
+    for callback in callbacks:
+        try:
+            callback(error)
+        except Exception as err:  # a report that fails must not hide the original error
+            print(f"fab: while reporting the failure: {type(err).__name__}: {err}", file=sys.stderr)
+
+
+def lost_a_peer(error: BaseException) -> bool:
+    """Whether ``error`` is a collective failing because another process of the run went away
+    (then that process, not this one, is where the run failed)."""
+    if isinstance(error, KeyboardInterrupt) or not isinstance(error, (RuntimeError, OSError)):
+        return False
+    text = str(error).lower()
+    return any(marker in text for marker in _LOST_PEER_MARKERS)
 
 
 def exiting_on_error() -> bool:

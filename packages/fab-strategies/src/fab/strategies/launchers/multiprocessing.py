@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import multiprocessing
 import os
 import pickle
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import torch
 import torch.multiprocessing as mp
 from torch.multiprocessing.spawn import (
     ProcessExitedException,
@@ -27,6 +29,8 @@ from fab.strategies.environments.fab import FabEnvironment
 from fab.strategies.launchers._lifecycle import destroy_process_group_cleanly, die_with_parent
 
 StartMethod = Literal["spawn", "fork", "forkserver"]
+#: What each process runs: ``(function, args, kwargs)``, pickled unless the processes are forked.
+_Work = bytes | tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 #: How long the others get to stop once one process failed, before they are killed.
 FAILURE_GRACE_SECONDS = 2.0
 
@@ -54,8 +58,10 @@ class MultiProcessingLauncher(Launcher):
     ``FAILURE_GRACE_SECONDS`` (SIGTERM, then SIGKILL) and :class:`LaunchError` is raised with the
     failing rank's traceback. On a timeout or a KeyboardInterrupt every process is killed.
 
-    With ``spawn`` the function and its arguments are pickled: they must be defined at module
-    level. ``fork`` shares them (and works in notebooks) but must not follow CUDA initialization.
+    Every process gets its own copy of the function and its arguments (a model given to
+    ``launch`` included), never memory shared with the others. With ``spawn`` they are pickled:
+    they must be defined at module level. ``fork`` copies them with the process (and works in
+    notebooks) but must not follow CUDA initialization.
     """
 
     def __init__(
@@ -84,9 +90,20 @@ class MultiProcessingLauncher(Launcher):
     def is_interactive_compatible(self) -> bool:
         return self.start_method == "fork"
 
+    @property
+    def requires_function(self) -> bool:
+        return True  # the started processes run the function given to launch() and nothing else
+
     def launch(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        if self.start_method == "spawn":
-            _check_picklable(function, args, kwargs)
+        work: _Work
+        if self.start_method == "fork":
+            work = (function, args, kwargs)  # each fork has its own copy of memory already
+        else:
+            # Pickled once here and unpickled in each process, so that each gets its own copy
+            # of every tensor, as a fork would. Handed to torch.multiprocessing as they are,
+            # tensors move into memory shared by every process: each rank's optimizer step would
+            # then be applied to one model, once per rank.
+            work = _pickle_work(function, args, kwargs)
         env = self.cluster_environment
         if env.node_rank() == 0:
             ensure_port_free(
@@ -106,7 +123,7 @@ class MultiProcessingLauncher(Launcher):
         error_queue = context.SimpleQueue()
         processes = start_processes(  # type: ignore[no-untyped-call]
             _run_rank,
-            args=(function, args, kwargs, info, return_queue, error_queue),
+            args=(work, info, return_queue, error_queue),
             nprocs=self.num_processes,
             join=False,
             start_method=self.start_method,
@@ -161,9 +178,7 @@ def _failure_message(err: Exception, errors: list[tuple[float, int, str]]) -> st
 
 def _run_rank(
     local_rank: int,
-    function: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
+    work: _Work,
     info: _LaunchInfo,
     return_queue: Any,
     error_queue: Any,
@@ -182,6 +197,8 @@ def _run_rank(
         )
     )
     try:
+        # Unpickled after the variables are set: unpickling may initialize a device.
+        function, args, kwargs = _unpickle_work(work)
         result = function(*args, **kwargs)
         if global_rank == 0:
             # Plain pickle, not torch's sharing reductions: a tensor shared through a file
@@ -202,9 +219,12 @@ def _run_rank(
     destroy_process_group_cleanly()
 
 
-def _check_picklable(function: Callable[..., Any], args: Any, kwargs: Any) -> None:
+def _pickle_work(function: Callable[..., Any], args: Any, kwargs: Any) -> bytes:
+    """``(function, args, kwargs)`` pickled by ``torch.save``, which keeps tensors that share
+    memory (views, tied weights) sharing it in each copy, as a fork does."""
+    buffer = io.BytesIO()
     try:
-        pickle.dumps((function, args, kwargs))
+        torch.save((function, args, kwargs), buffer, pickle_protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as err:
         raise TypeError(
             "strategy 'ddp_spawn' starts new Python processes and pickles the function given to "
@@ -213,6 +233,17 @@ def _check_picklable(function: Callable[..., Any], args: Any, kwargs: Any) -> No
             "picklable arguments; or use strategy='ddp_fork' (Linux/macOS, no pickling) or run "
             "the script with torchrun / fab run"
         ) from err
+    return buffer.getvalue()
+
+
+def _unpickle_work(work: _Work) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+    if not isinstance(work, bytes):
+        return work
+    # fab's own bytes, made by _pickle_work in the launching process: safe to unpickle in full
+    loaded: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]] = torch.load(
+        io.BytesIO(work), weights_only=False
+    )
+    return loaded
 
 
 def _kill(processes: list[Any]) -> None:

@@ -35,8 +35,9 @@ from fab.strategies.launchers._lifecycle import (
     describe_exit,
     die_with_parent,
     exiting_on_error,
+    lost_a_peer,
+    on_uncaught_exception,
     stop_processes,
-    track_uncaught_exceptions,
 )
 
 #: Seconds workers get to end after SIGTERM before SIGKILL.
@@ -46,6 +47,9 @@ STOP_GRACE_SECONDS = 5.0
 FAILURE_EXIT_SECONDS = 3.0
 #: How often the workers are checked.
 POLL_SECONDS = 0.1
+#: Seconds the launching process, when a collective failed because another rank went away,
+#: waits for that rank's exit to name it.
+LOST_PEER_WAIT_SECONDS = 10.0
 
 
 class SubprocessScriptLauncher(Launcher):
@@ -99,7 +103,7 @@ class SubprocessScriptLauncher(Launcher):
         # This process is local rank 0: its rendezvous is the one handed to the workers.
         os.environ["MASTER_ADDR"] = main_address
         os.environ["MASTER_PORT"] = str(main_port)
-        workers = _Workers()
+        workers = _Workers(own_rank=node_rank * self.num_processes)
         for local_rank in range(1, self.num_processes):
             variables = FabEnvironment.launch_variables(
                 main_address=main_address,
@@ -162,18 +166,34 @@ def _alive(pid: int) -> bool:
 
 
 class _Workers:
-    """The workers this process started, watched from a thread, stopped with this process."""
+    """The workers this process started, watched from a thread, stopped with this process.
 
-    def __init__(self) -> None:
+    Whichever way the run fails, the rank that failed is named once, on stderr, as the last word
+    of the launching process (``fab: the run failed: rank 1 (pid 123) was killed by SIGKILL;
+    stopping the other ranks``), and the launching process exits with code 1:
+
+    - a worker fails while this process computes: the watching thread sees it, names it, stops the
+      others and ends this process;
+    - a worker fails while this process waits for it in a collective: the collective raises here
+      ("Connection reset by peer"); before the traceback ends this process, the failed worker's
+      exit is awaited (up to ``LOST_PEER_WAIT_SECONDS``) and named, not this process;
+    - this process fails by itself: it names itself and the atexit handler stops the workers.
+    """
+
+    def __init__(self, own_rank: int) -> None:
+        #: The global rank of this process, the launching one.
+        self._own_rank = own_rank
         self._processes: dict[int, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
+        self._report_lock = threading.Lock()
         self._stopping = False
+        self._reported = False
 
     def add(self, global_rank: int, process: subprocess.Popen[bytes]) -> None:
         self._processes[global_rank] = process
 
     def watch(self) -> None:
-        track_uncaught_exceptions()
+        on_uncaught_exception(self._launching_process_failed)
         atexit.register(self._at_exit)
         threading.Thread(target=self._watch, name="fab-watch-workers", daemon=True).start()
 
@@ -184,46 +204,108 @@ class _Workers:
 
     def _watch(self) -> None:
         while True:
-            for rank, process in self._processes.items():
-                code = process.poll()
-                if code is not None and code != 0:
-                    self._worker_failed(rank, process, code)
-                    return
+            failed = self._failed_worker()
+            if failed is not None:
+                self._worker_failed(*failed)
+                return
             if all(p.poll() is not None for p in self._processes.values()):
                 return
             time.sleep(POLL_SECONDS)
 
+    def _failed_worker(self) -> tuple[int, subprocess.Popen[bytes], int] | None:
+        """The worker that ended with a non-zero exit (the first by rank), if any."""
+        for rank, process in self._processes.items():
+            code = process.poll()
+            if code is not None and code != 0:
+                return rank, process, code
+        return None
+
+    def _report(self, message: str) -> bool:
+        """Say ``message`` unless a failure was reported already; whether it was said."""
+        with self._report_lock:
+            if self._reported:
+                return False
+            self._reported = True
+        _say(message)
+        return True
+
     def _worker_failed(self, rank: int, process: subprocess.Popen[bytes], code: int) -> None:
         if self._stopping:
             return
-        _say(f"fab: rank {rank} (pid {process.pid}) {describe_exit(code)}; stopping the run")
+        if not self._report(_worker_failure(rank, process, code)):
+            return  # this process is failing already and said why
         self.stop()
         # A collective that lost its peer raises soon and the process ends by itself; a process
         # busy elsewhere (or waiting for a peer that never came) is ended.
         time.sleep(FAILURE_EXIT_SECONDS)
-        _say(f"fab: rank {rank} failed; ending the launching process")
         _flush()
         os._exit(1)
+
+    def _launching_process_failed(self, error: BaseException) -> None:
+        """This process (local rank 0) dies of ``error``: name the rank the run failed on.
+        Runs before the atexit handlers, while the workers are still untouched."""
+        if isinstance(error, KeyboardInterrupt):
+            self._report("fab: interrupted; stopping the other ranks")
+            return
+        failed = self._failed_worker()
+        if failed is None and lost_a_peer(error):
+            # A worker failed and left its process group, which broke this process's collective;
+            # its exit follows within moments.
+            deadline = time.monotonic() + LOST_PEER_WAIT_SECONDS
+            while failed is None and time.monotonic() < deadline:
+                time.sleep(POLL_SECONDS / 2)
+                failed = self._failed_worker()
+        if failed is not None:
+            rank, process, code = failed
+            self._report(
+                f"{_worker_failure(rank, process, code)} (rank {self._own_rank}'s "
+                f"{type(error).__name__} above is a consequence)"
+            )
+        elif lost_a_peer(error):
+            self._report(
+                f"fab: the run failed: rank {self._own_rank} (pid {os.getpid()}) lost its "
+                f"connection to another rank ({type(error).__name__} above), and no rank of this "
+                "node failed: look at the other nodes' output; stopping the other ranks"
+            )
+        else:
+            self._report(
+                f"fab: the run failed: rank {self._own_rank} (pid {os.getpid()}) raised "
+                f"{type(error).__name__} (traceback above); stopping the other ranks"
+            )
 
     def _at_exit(self) -> None:
         if exiting_on_error():
             self.stop()
+            _flush()
             return
         # This process finished its work: wait for the workers to finish theirs.
         for process in self._processes.values():
             while process.poll() is None:
                 time.sleep(POLL_SECONDS)
-        failed = {r: p.returncode for r, p in self._processes.items() if p.returncode != 0}
-        if failed:
+        failed = self._failed_worker()
+        if failed is not None:
+            self._report(_worker_failure(*failed))
             _flush()
             os._exit(1)
 
 
+def _worker_failure(rank: int, process: subprocess.Popen[bytes], code: int) -> str:
+    return (
+        f"fab: the run failed: rank {rank} (pid {process.pid}) {describe_exit(code)}; stopping "
+        "the other ranks"
+    )
+
+
 def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    # From the watching thread, the process's own stderr: the main thread may be printing a
+    # traceback through torch.distributed's hook, which holds sys.stderr in a buffer meanwhile.
+    main = threading.current_thread() is threading.main_thread()
+    stream = sys.stderr if main or sys.__stderr__ is None else sys.__stderr__
+    print(message, file=stream, flush=True)
 
 
 def _flush() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):
-            stream.flush()
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        if stream is not None:
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
