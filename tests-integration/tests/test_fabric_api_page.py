@@ -64,11 +64,13 @@ def test_run_subclass_example() -> None:
     assert MyFabric().run(2) == 2
 
 
-def test_all_gather_returns_world_size_leading_dimension() -> None:
+def test_all_gather_on_one_process_returns_the_data_unchanged() -> None:
+    """Lightning 2.6's all_gather: "For the special case where world_size is 1, no additional
+    dimension is added to the tensor(s)"."""
     fabric = Fabric()
     out = fabric.all_gather({"a": torch.ones(3, 2), "b": (torch.zeros(1),)})
-    assert out["a"].shape == (fabric.world_size, 3, 2)
-    assert out["b"][0].shape == (fabric.world_size, 1)
+    assert out["a"].shape == (3, 2)
+    assert out["b"][0].shape == (1,)
 
 
 def test_setup_dataloaders_with_use_distributed_sampler_false_and_no_device_move() -> None:

@@ -90,10 +90,10 @@ def test_to_device_keeps_collection_types() -> None:
     assert moved["d"].label == "k"
 
 
-def test_single_process_collectives_have_multi_process_shapes() -> None:
+def test_single_process_collectives_return_their_input_as_lightning_does() -> None:
     fabric = Fabric()
     t = torch.tensor([1.0, 2.0])
-    assert fabric.all_gather(t).shape == (1, 2)
+    assert fabric.all_gather(t) is t  # no leading dimension of 1
     assert fabric.all_reduce(t) is t
     assert fabric.broadcast({"a": 1}) == {"a": 1}
     fabric.barrier("named")

@@ -2,8 +2,8 @@
 
 A model with uninitialized lazy modules is refused by ``setup`` with an error that names them and
 says what to do (torch's own error names none); after ``fab.lazy.infer_shapes`` it sets up and
-trains. A model created by ``init_module(empty_init=True)`` is materialized and initialized by
-``setup`` before DistributedDataParallel wraps it, so every rank ends with rank 0's values.
+trains. A model created on the meta device (``fab.lazy.meta_init``) is materialized and initialized
+by ``setup`` before DistributedDataParallel wraps it, so every rank ends with rank 0's values.
 Each rank seeds differently on purpose: equal parameters prove the broadcast, not the seed.
 """
 
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from fab.core import Fabric
-from fab.lazy import LazyModuleError, infer_shapes
+from fab.lazy import LazyModuleError, infer_shapes, meta_init
 
 pytestmark = [pytest.mark.distributed, pytest.mark.timeout(120)]
 
@@ -87,7 +87,7 @@ def _lazy_refused_then_inferred(fabric: Fabric) -> dict[str, Any]:
 
 def _meta_model_set_up(fabric: Fabric) -> dict[str, Any]:
     torch.manual_seed(fabric.global_rank)
-    with fabric.init_module(empty_init=True):
+    with fabric.init_module(), meta_init():  # DDP's empty_init allocates instead (not meta)
         model = _TiedLM()
     out: dict[str, Any] = {"meta": all(p.is_meta for p in model.parameters())}
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)  # built on the meta parameters

@@ -23,7 +23,13 @@ ENVIRONMENT_NAMES = [
     "TorchElasticEnvironment",
     "detect_environment",
 ]
-STRATEGY_NAMES = ["DDPStrategy", "MultiProcessingLauncher", "ParallelStrategy"]
+STRATEGY_NAMES = [
+    "DDPStrategy",
+    "FSDPStrategy",
+    "ModelParallelStrategy",
+    "MultiProcessingLauncher",
+    "ParallelStrategy",
+]
 
 
 def test_public_names_are_fab_cores_objects() -> None:

@@ -60,7 +60,15 @@ def is_distributed_checkpoint(path: str | os.PathLike[str]) -> bool:
 
 
 def owner_of(optimizer: Optimizer, modules: Mapping[str, Module], key: str) -> Module:
-    """The model among ``modules`` whose parameters ``optimizer`` updates (by identity)."""
+    """The model of ``optimizer``: the one it was set up with (``fabric.setup(model,
+    optimizer)``, :mod:`fab.core.optimizer_pairs`), wherever that model is; for an optimizer set
+    up alone (``fabric.setup_optimizers``), the model among ``modules`` whose parameters it
+    updates."""
+    from fab.core.optimizer_pairs import model_of
+
+    paired = model_of(optimizer)
+    if paired is not None:
+        return paired
     params = {id(p) for group in optimizer.param_groups for p in group["params"]}
     for module in modules.values():
         if any(id(p) in params for p in module.parameters()):
@@ -68,8 +76,9 @@ def owner_of(optimizer: Optimizer, modules: Mapping[str, Module], key: str) -> M
     raise ValueError(
         f"the optimizer under {key!r} updates parameters of none of the models in this state "
         f"({sorted(modules) or 'no model'}). A sharded checkpoint stores optimizer state by "
-        "parameter name, which only the model knows: put the optimizer's model in the same "
-        "save/load call (e.g. {'model': model, 'optimizer': optimizer})"
+        "parameter name, which only the model knows: set both up together with "
+        "fabric.setup(model, optimizer), or put the optimizer's model in the same save/load call "
+        "(e.g. {'model': model, 'optimizer': optimizer})"
     )
 
 

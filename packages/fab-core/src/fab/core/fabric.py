@@ -4,25 +4,28 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 import warnings
 from collections.abc import Callable, Generator, Iterable, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
 from torch.nn import Module
 from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 
 from fab.core import cli_settings, registry
 from fab.core.accelerators.accelerator import Accelerator
 from fab.core.connector import AcceleratorArg, PluginArg, PrecisionArg, StrategyArg, connect
 from fab.core.loggers.logger import Logger, metrics_to_numbers
-from fab.core.strategies.strategy import ReduceOp, StateFilter, Strategy
+from fab.core.optimizer_pairs import pair
+from fab.core.strategies.strategy import ReduceOp, StateFilter, Strategy, check_state_filter
 from fab.core.utilities.apply_func import apply_to_tensors
-from fab.core.utilities.rank_zero import rank_zero_only
+from fab.core.utilities.rank_zero import rank_zero_only, rank_zero_warn
 from fab.core.utilities.seed import add_worker_init_fn
 from fab.core.utilities.seed import seed_everything as _seed_everything
 from fab.wrappers import (
@@ -52,11 +55,15 @@ class Fabric:
         plugins: Precision, CheckpointIO or ClusterEnvironment instances.
         callbacks: objects whose methods ``call`` invokes; factories registered in the
             ``fab.callbacks`` entry-point group are added to every Fabric.
-        loggers: Logger instances or registered logger names.
+        loggers: loggers (a ``Logger``, or any object with Lightning's logger interface:
+            ``log_metrics(metrics, step)`` is what Fabric calls) or registered logger names.
+
+    Every argument is keyword-only, as in Lightning.
     """
 
     def __init__(
         self,
+        *,
         accelerator: AcceleratorArg = "auto",
         strategy: StrategyArg = "auto",
         devices: Any = "auto",
@@ -64,7 +71,7 @@ class Fabric:
         precision: PrecisionArg = None,
         plugins: PluginArg | Iterable[PluginArg] | None = None,
         callbacks: Any | list[Any] | None = None,
-        loggers: Logger | str | Iterable[Logger | str] | None = None,
+        loggers: Logger | str | Iterable[Logger | str] | Any | None = None,
     ) -> None:
         self._strategy = connect(accelerator, strategy, devices, num_nodes, precision, plugins)
         self._callbacks = _as_list(callbacks) + _entry_point_callbacks()
@@ -131,13 +138,20 @@ class Fabric:
         """Start the processes of the run (none on one device) and prepare each; with a
         ``function``, call ``function(fabric, *args, **kwargs)`` in each and return rank 0's
         result."""
-        if function is not None and not callable(function):
-            raise TypeError(f"launch takes a function, got {function!r}")
+        if function is not None:
+            _check_launch_function(function)
         if self._launched:  # already set up (by `fab run`, or an earlier launch)
             return function(self, *args, **kwargs) if function is not None else None
         launcher = self._strategy.launcher
         if launcher is None:
             return self._run_in_process(function, args, kwargs)
+        if function is None and launcher.requires_function:
+            raise TypeError(
+                f"strategy {type(self._strategy).__name__} starts new processes that run only "
+                "the function given to launch(), and none was given: put the training in a "
+                "function that takes the Fabric first, and call fabric.launch(train) (or use "
+                "strategy='ddp', which runs the whole script in every process)"
+            )
         # A bound method, not a closure: a launcher that spawns processes pickles it.
         return launcher.launch(self._run_in_process, function, args, kwargs)
 
@@ -173,43 +187,51 @@ class Fabric:
 
     # -- setup ---------------------------------------------------------------------------------
 
-    def setup(self, module: Module, *optimizers: Optimizer, move_to_device: bool = True) -> Any:
-        """Set up a model and its optimizers; returns the wrapped model, or (model, *optimizers)."""
+    def setup(
+        self,
+        module: Module,
+        *optimizers: Optimizer,
+        scheduler: LRScheduler | None = None,
+        move_to_device: bool = True,
+        _reapply_compile: bool = True,
+    ) -> Any:
+        """Set up a model and its optimizers; returns the wrapped model, or (model, *optimizers),
+        or (model, *optimizers, scheduler) when a ``scheduler`` is given (returned as it is: it
+        keeps stepping the optimizer it was built on, whose wrapper shares its state).
+
+        A ``torch.compile``d model is set up uncompiled and compiled again around what the
+        strategy returns, with the same settings; with ``_reapply_compile=False`` the compiled
+        module itself is set up. Callbacks' ``on_after_setup(fabric, module)`` runs at the end."""
         self._validate_launched("setup")
         self._check_setup_module(module)
         for optimizer in optimizers:
             self._check_setup_optimizer(optimizer)
-        original, compiled_with = unwrap_compiled(module)
-        original = self._prepare_module(original, move_to_device)
-        forward_module, opts = self._strategy.setup_module_and_optimizers(
-            original, list(optimizers)
-        )
-        forward_module = rewrap_compiled(forward_module, compiled_with)
-        wrapped = FabricModule(forward_module, self._strategy, original_module=original)
-        fabric_optimizers = [FabricOptimizer(o, self._strategy) for o in opts]
+        original, compiled_with = unwrap_compiled(module) if _reapply_compile else (module, None)
+        done = self._strategy.setup(original, list(optimizers), move_to_device)
+        forward_module = rewrap_compiled(done.forward_module, compiled_with)
+        wrapped = FabricModule(forward_module, self._strategy, original_module=done.module)
+        fabric_optimizers = [
+            FabricOptimizer(o, self._strategy, self._callbacks) for o in done.optimizers
+        ]
+        pair(done.module, done.optimizers)
+        self.call("on_after_setup", fabric=self, module=wrapped)
         if not fabric_optimizers:
             return wrapped
+        if scheduler is not None:
+            return (wrapped, *fabric_optimizers, scheduler)
         return (wrapped, *fabric_optimizers)
 
-    def setup_module(self, module: Module, move_to_device: bool = True) -> FabricModule:
+    def setup_module(
+        self, module: Module, move_to_device: bool = True, _reapply_compile: bool = True
+    ) -> FabricModule:
         """Set up a model without optimizers (for inference, or to create the optimizers after
         sharding); set them up with ``setup_optimizers``."""
         self._validate_launched("setup_module")
         self._check_setup_module(module)
-        original, compiled_with = unwrap_compiled(module)
-        original = self._prepare_module(original, move_to_device)
-        forward_module = rewrap_compiled(self._strategy.setup_module(original), compiled_with)
-        return FabricModule(forward_module, self._strategy, original_module=original)
-
-    def _prepare_module(self, module: Module, move_to_device: bool) -> Module:
-        module = self._strategy.precision.convert_module(module)
-        if move_to_device:
-            # parameters still on the meta device (init_module(empty_init=True), nothing loaded
-            # into them) get memory and their initialization here, before the strategy wraps the
-            # model; without move_to_device the model stays where it is, meta included
-            self._strategy.materialize_module(module)
-            self._strategy.module_to_device(module)
-        return module
+        original, compiled_with = unwrap_compiled(module) if _reapply_compile else (module, None)
+        done = self._strategy.setup(original, [], move_to_device)
+        forward_module = rewrap_compiled(done.forward_module, compiled_with)
+        return FabricModule(forward_module, self._strategy, original_module=done.module)
 
     def setup_optimizers(self, *optimizers: Optimizer) -> Any:
         self._validate_launched("setup_optimizers")
@@ -218,7 +240,8 @@ class Fabric:
         for optimizer in optimizers:
             self._check_setup_optimizer(optimizer)
         wrapped = [
-            FabricOptimizer(self._strategy.setup_optimizer(o), self._strategy) for o in optimizers
+            FabricOptimizer(self._strategy.setup_optimizer(o), self._strategy, self._callbacks)
+            for o in optimizers
         ]
         return wrapped[0] if len(wrapped) == 1 else tuple(wrapped)
 
@@ -265,7 +288,7 @@ class Fabric:
         self, tensor: Tensor, *args: Any, model: FabricModule | None = None, **kwargs: Any
     ) -> None:
         """``tensor.backward()`` the way the precision and strategy need it (loss scaling, ...)."""
-        module = model.module if model is not None else None
+        module = unwrap(model) if model is not None else None
         with fabric_backward():
             self._strategy.backward(tensor, module, *args, **kwargs)
 
@@ -303,11 +326,14 @@ class Fabric:
         return self._strategy.tensor_init_context()
 
     def init_module(self, empty_init: bool | None = None) -> AbstractContextManager[object]:
-        """Create the model's parameters directly on the device, in the precision's dtype; with
-        ``empty_init=True``, create them on the meta device: no memory and no initialization
-        until ``setup`` (which allocates and initializes whatever no checkpoint filled) or a
-        ``load``/``load_raw``/``load_state_dict`` (which fills them from the checkpoint). Buffers
-        computed in ``__init__`` stay real. See docs/lazy.md."""
+        """Create the model's parameters directly on the device, in the precision's dtype. With
+        ``empty_init=True`` they are not initialized (as in Lightning): allocated on the device but
+        never written, for weights that a checkpoint fills (``model.load_state_dict``,
+        ``fabric.load``, ``fabric.load_raw``, all copying into the model's own memory; nothing
+        initializes them later). Buffers computed in ``__init__`` keep their values (except what
+        is only filled in place, ``torch.empty(n).fill_(x)``). A strategy that
+        shards the model (``Strategy.empty_init_on_meta``) creates them on the meta device
+        instead and allocates each rank's shards in ``setup``. See docs/fabric.md."""
         return self._strategy.module_init_context(empty_init=empty_init)
 
     def sharded_model(self) -> AbstractContextManager[object]:
@@ -337,15 +363,23 @@ class Fabric:
         return self._strategy.broadcast(obj, src=src)
 
     def all_gather(self, data: Any, group: Any | None = None, sync_grads: bool = False) -> Any:
+        """Gather ``data`` (a tensor, a Python number, or a collection of them) from every
+        process: each tensor comes back with a new first dimension of the world's size; on one
+        process, as it is. Numbers become tensors on ``fabric.device`` first."""
         self._validate_launched("all_gather")
         return apply_to_tensors(
-            data, lambda t: self._strategy.all_gather(t, group=group, sync_grads=sync_grads)
+            _numbers_to_tensors(data, self.device),
+            lambda t: self._strategy.all_gather(t, group=group, sync_grads=sync_grads),
         )
 
     def all_reduce(self, data: Any, group: Any | None = None, reduce_op: ReduceOp = "mean") -> Any:
+        """Reduce ``data`` (a tensor, a Python number, or a collection of them) over every
+        process; tensors are reduced in place. Numbers become tensors on ``fabric.device``
+        first."""
         self._validate_launched("all_reduce")
         return apply_to_tensors(
-            data, lambda t: self._strategy.all_reduce(t, group=group, reduce_op=reduce_op)
+            _numbers_to_tensors(data, self.device),
+            lambda t: self._strategy.all_reduce(t, group=group, reduce_op=reduce_op),
         )
 
     @contextmanager
@@ -362,34 +396,55 @@ class Fabric:
         self, module: Module, enabled: bool = True
     ) -> AbstractContextManager[object]:
         """Skip gradient synchronization inside the block (gradient accumulation). On one process
-        there is nothing to skip."""
+        there is nothing to skip. ``module`` is what ``setup`` returned, also when it was
+        compiled with ``torch.compile`` before or after ``setup``."""
+        module, _ = unwrap_compiled(module)
         if not isinstance(module, FabricModule):
-            raise TypeError("no_backward_sync takes the model returned by fabric.setup")
-        return self._strategy.no_backward_sync(module._forward_module, enabled)
+            raise TypeError(
+                "no_backward_sync takes the model returned by fabric.setup, got "
+                f"{type(module).__name__}: set the model up first (model = fabric.setup(model))"
+            )
+        forward_module, _ = unwrap_compiled(module.forward_module)
+        return self._strategy.no_backward_sync(forward_module, enabled)
 
     # -- checkpoints ----------------------------------------------------------------------------
 
     def save(
         self, path: str | Path, state: dict[str, Any], filter: StateFilter | None = None
     ) -> None:
-        """Save ``state`` (models, optimizers and anything with ``state_dict``, plus plain data)."""
+        """Save ``state`` (models, optimizers and anything with ``state_dict``, plus plain data).
+
+        ``filter`` maps keys of ``state`` to ``(name, value) -> bool``: only the items of that
+        entry's state dict it accepts are saved, and an entry it empties is left out."""
+        self._validate_launched("save")
+        if filter is not None:
+            check_state_filter(state, filter)
         self._strategy.save_checkpoint(
             path, {k: unwrap(v) for k, v in state.items()}, filter=filter
         )
         self.barrier("save")
 
     def load(
-        self, path: str | Path, state: dict[str, Any] | None = None, strict: bool = True
+        self,
+        path: str | Path,
+        state: dict[str, Any] | None = None,
+        strict: bool = True,
+        weights_only: bool | None = None,
     ) -> dict[str, Any]:
         """Restore ``state``'s objects in place from ``path``; return what the checkpoint has beyond
         them (everything, without ``state``).
 
         The file is read lazily and weights-only (``fab.lazy.lazy_load``): tensors are
-        memory-mapped and read when used. A model created under ``init_module(empty_init=True)``
-        takes the checkpoint's tensors without a copy; a model with memory is copied into in place
-        (``fab.lazy.load_into``). The model's dtypes and Parameter objects are kept."""
+        memory-mapped and read when used. ``weights_only=False`` reads a file holding other
+        Python objects, running the code its pickle names: only for files you trust (``None`` is
+        fab's default, True). A model is loaded in place (``fab.lazy.load_into``): its memory is
+        copied into one tensor at a time (parameters still on the meta device take the
+        checkpoint's tensors instead); its dtypes and Parameter objects are kept."""
+        self._validate_launched("load")
         unwrapped = {k: unwrap(v) for k, v in (state or {}).items()}
-        remainder = self._strategy.load_checkpoint(path, unwrapped, strict=strict)
+        remainder = self._strategy.load_checkpoint(
+            path, unwrapped, strict=strict, weights_only=weights_only
+        )
         if state is not None:
             for key, value in unwrapped.items():  # plain values are replaced, not restored in place
                 if not isinstance(value, Module | Optimizer) and not hasattr(
@@ -399,10 +454,17 @@ class Fabric:
         self.barrier("load")
         return remainder
 
-    def load_raw(self, path: str | Path, obj: Module | Optimizer, strict: bool = True) -> None:
+    def load_raw(
+        self,
+        path: str | Path,
+        obj: Module | Optimizer,
+        strict: bool = True,
+        weights_only: bool | None = None,
+    ) -> None:
         """Load a plain state dict (not a Fabric checkpoint: a ``torch.save``'d state dict or a
         ``.safetensors`` file) into a model or optimizer, lazily as ``load`` does."""
-        self._strategy.load_raw(path, unwrap(obj), strict=strict)
+        self._validate_launched("load_raw")
+        self._strategy.load_raw(path, unwrap(obj), strict=strict, weights_only=weights_only)
 
     # -- logging and callbacks --------------------------------------------------------------------
 
@@ -422,13 +484,19 @@ class Fabric:
 
     def call(self, hook_name: str, *args: Any, **kwargs: Any) -> None:
         """Call ``hook_name`` on every callback that has it, passing only the keyword arguments its
-        signature accepts."""
+        signature accepts (all of them where the signature cannot be read). A callback whose
+        ``hook_name`` is not callable is skipped with a warning."""
         for callback in self._callbacks:
             method = getattr(callback, hook_name, None)
             if method is None:
                 continue
             if not callable(method):
-                raise TypeError(f"{type(callback).__name__}.{hook_name} is not callable")
+                rank_zero_warn(
+                    f"skipped the callback {type(callback).__name__}.{hook_name}: it is not "
+                    f"callable (it is a {type(method).__name__})",
+                    stacklevel=4,
+                )
+                continue
             method(*args, **_accepted_kwargs(method, kwargs))
 
     def print(self, *args: Any, **kwargs: Any) -> None:
@@ -467,17 +535,71 @@ def _entry_point_callbacks() -> list[Any]:
     return callbacks
 
 
-def _resolve_logger(logger: Logger | str) -> Logger:
-    if isinstance(logger, Logger):
-        return logger
+def _resolve_logger(logger: Any) -> Logger:
+    """A logger from ``Fabric(loggers=...)``: a name is created from the registry; any object with
+    a callable ``log_metrics`` is a logger (duck typing, as Lightning accepts)."""
     if isinstance(logger, str):
         instance: Logger = registry.LOGGERS.create(logger)
         return instance
-    raise TypeError(f"loggers takes Logger instances or logger names, got {logger!r}")
+    if isinstance(logger, Logger) or callable(getattr(logger, "log_metrics", None)):
+        return cast(Logger, logger)
+    raise TypeError(
+        f"loggers takes loggers or registered logger names, got {logger!r}: pass a "
+        "fab.core.loggers.Logger, any object with a log_metrics(metrics, step) method, or a "
+        f"name ({', '.join(registry.LOGGERS.names())})"
+    )
+
+
+def _check_launch_function(function: object) -> None:
+    if not callable(function):
+        raise TypeError(
+            f"launch takes a function, got {function!r}: pass the function itself, "
+            "launch(train), not its result, launch(train())"
+        )
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):  # a builtin or C function: nothing to check
+        return
+    if not parameters:
+        raise TypeError(
+            f"the function given to launch ({function!r}) takes no argument; it is called as "
+            "function(fabric, *args, **kwargs): give it a first parameter for the Fabric"
+        )
+
+
+def _numbers_to_tensors(data: Any, device: torch.device) -> Any:
+    """``data`` with every Python number (and numpy array) in it made a tensor on ``device``, as
+    Lightning's collectives do: bool as uint8, int as int32, float as float32."""
+    cls = type(data)
+    if cls is bool:
+        return torch.tensor(data, dtype=torch.uint8, device=device)
+    if cls is int:
+        return torch.tensor(data, dtype=torch.int32, device=device)
+    if cls is float:
+        return torch.tensor(data, dtype=torch.float32, device=device)
+    if isinstance(data, Tensor) or cls in (str, bytes, type(None)):
+        return data
+    if isinstance(data, Mapping):
+        items = {k: _numbers_to_tensors(v, device) for k, v in data.items()}
+        try:
+            return type(data)(items)  # type: ignore[call-arg]
+        except TypeError:
+            return items
+    if isinstance(data, tuple) and hasattr(data, "_fields"):  # namedtuple
+        return cls(*(_numbers_to_tensors(v, device) for v in data))
+    if isinstance(data, list | tuple):
+        return cls(_numbers_to_tensors(v, device) for v in data)
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(data, numpy.ndarray):
+        return torch.from_numpy(data).to(device)
+    return data
 
 
 def _accepted_kwargs(method: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any]:
-    params = inspect.signature(method).parameters.values()
+    try:
+        params = inspect.signature(method).parameters.values()
+    except (TypeError, ValueError):  # a builtin, a C extension: give it everything
+        return kwargs
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
         return kwargs
     names = {p.name for p in params}

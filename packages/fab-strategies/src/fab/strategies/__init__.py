@@ -16,17 +16,21 @@ from fab.strategies.environments import (
     TorchElasticEnvironment,
     detect_environment,
 )
+from fab.strategies.fsdp import FSDPStrategy
 from fab.strategies.launchers import MultiProcessingLauncher
+from fab.strategies.model_parallel import ModelParallelStrategy
 from fab.strategies.parallel import ParallelStrategy
 
 __all__ = [
     "ClusterEnvironment",
     "DDPStrategy",
+    "FSDPStrategy",
     "FabEnvironment",
     "KubeflowEnvironment",
     "LSFEnvironment",
     "Launcher",
     "MPIEnvironment",
+    "ModelParallelStrategy",
     "MultiProcessingLauncher",
     "ParallelStrategy",
     "SLURMEnvironment",

@@ -20,6 +20,8 @@ from fab.core.io.checkpoint_io import CheckpointIO
 from fab.core.precision.precision import Precision
 from fab.core.strategies.strategy import ReduceOp, StateFilter, Strategy, StrategyContext
 from fab.strategies.environments.detect import detect_environment
+from fab.strategies.layout import DATA_PARALLEL, Layout
+from fab.wrappers import unwrap_compiled
 
 _T = TypeVar("_T")
 
@@ -102,8 +104,22 @@ class ParallelStrategy(Strategy):
         return self.cluster_environment.node_rank()
 
     @property
+    def layout(self) -> Layout:
+        """The named degrees of parallelism. Here every process holds the whole model and takes
+        its own batch: one ``data_parallel`` dimension of the world's size (DDP). Sharded
+        strategies add model-parallel dimensions, whose processes share a batch."""
+        return Layout(((DATA_PARALLEL, self.world_size),))
+
+    @property
     def distributed_sampler_kwargs(self) -> dict[str, Any] | None:
-        return {"num_replicas": self.world_size, "rank": self.global_rank}
+        """How many different batches a step sees (``num_replicas``) and which one is this
+        process's (``rank``), as the layout says: the world size and global rank under DDP,
+        the data-parallel degree and rank under tensor parallel."""
+        layout = self.layout
+        return {
+            "num_replicas": layout.data_parallel_size,
+            "rank": layout.data_parallel_rank(self.global_rank),
+        }
 
     # -- collectives ----------------------------------------------------------------------------
 
@@ -114,8 +130,8 @@ class ParallelStrategy(Strategy):
     def all_gather(
         self, tensor: Tensor, group: Any | None = None, sync_grads: bool = False
     ) -> Tensor:
-        if not self._distributed():
-            return tensor.unsqueeze(0)
+        if not self._distributed():  # one process: the tensor itself, as on single_device
+            return tensor
         group = group if group is not None else dist.group.WORLD
         if sync_grads:
             from torch.distributed.nn.functional import all_gather as differentiable_all_gather
@@ -204,22 +220,22 @@ class ParallelStrategy(Strategy):
         )
 
     def load_checkpoint(
-        self, path: str | Path, state: dict[str, Any] | None = None, strict: bool = True
+        self,
+        path: str | Path,
+        state: Module | Optimizer | dict[str, Any] | None = None,
+        strict: bool = True,
+        weights_only: bool | None = None,
     ) -> dict[str, Any]:
-        """Every process reads ``path`` and restores its own replica in place. If that fails on
-        any process (a missing file, a file that only some processes can see), it raises on
-        every process."""
+        """Every process reads ``path`` and restores its own replica in place (``load_raw`` comes
+        here too). If that fails on any process (a missing file, a file that only some processes
+        can see), it raises on every process."""
         remainder: dict[str, Any] | None = self._on_every_process(
             f"loading the checkpoint {path}",
-            lambda: super(ParallelStrategy, self).load_checkpoint(path, state, strict=strict),
+            lambda: super(ParallelStrategy, self).load_checkpoint(
+                path, state, strict=strict, weights_only=weights_only
+            ),
         )
         return remainder or {}
-
-    def load_raw(self, path: str | Path, obj: Module | Optimizer, strict: bool = True) -> None:
-        """As :meth:`load_checkpoint`: it raises on every process if it fails on any."""
-        self._on_every_process(
-            f"loading {path}", lambda: super(ParallelStrategy, self).load_raw(path, obj, strict)
-        )
 
     def _on_every_process(self, action: str, call: Callable[[], _T]) -> _T | None:
         """Collective: run ``call`` here; return its result on every process when it succeeded
@@ -253,4 +269,8 @@ def _raise_failure(rank: int, world_size: int, error: Exception | None, action: 
 
 
 def _unwrap_ddp(module: Module) -> Module:
-    return module.module if isinstance(module, DistributedDataParallel) else module
+    """The model under DistributedDataParallel and ``torch.compile`` layers, in either order."""
+    module = unwrap_compiled(module)[0]
+    if isinstance(module, DistributedDataParallel):
+        module = unwrap_compiled(module.module)[0]
+    return module

@@ -96,6 +96,12 @@ class FabricModule(Module):
         """The original model, as the user built it."""
         return self._original_module
 
+    @property
+    def forward_module(self) -> Module:
+        """What a call runs: the strategy's wrapper (a DDP module, for example), the sharded model,
+        or the model itself, compiled where the user compiled it."""
+        return self._forward_module
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         # Module.__call__ costs about a microsecond; skip it unless the wrapper itself has hooks
         # or was compiled in place with Module.compile().

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
@@ -33,8 +33,14 @@ class FabricOptimizer(_OptimizerBase):
 
     _optimizer: Optimizer
     _strategy: StrategyLike
+    _callbacks: Sequence[Any]
 
-    def __init__(self, optimizer: Optimizer, strategy: StrategyLike) -> None:
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        strategy: StrategyLike,
+        callbacks: Sequence[Any] | None = None,
+    ) -> None:
         if isinstance(optimizer, FabricOptimizer):
             raise TypeError("this optimizer is already set up by Fabric; set up the original once")
         if not isinstance(optimizer, Optimizer):
@@ -42,6 +48,8 @@ class FabricOptimizer(_OptimizerBase):
         self.__class__ = _wrapper_class(type(optimizer))
         self.__dict__["_optimizer"] = optimizer
         self.__dict__["_strategy"] = strategy
+        # Fabric's callbacks: their `on_after_optimizer_step` runs after every step (Lightning's)
+        self.__dict__["_callbacks"] = callbacks if callbacks is not None else ()
 
     @property
     def optimizer(self) -> Optimizer:
@@ -51,8 +59,16 @@ class FabricOptimizer(_OptimizerBase):
     # -- what goes through the strategy ---------------------------------------------------------
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        kwargs = {} if closure is None else {"closure": closure}
-        return self._strategy.optimizer_step(self._optimizer, **kwargs)
+        if closure is None:  # the common case, without building and unpacking a kwargs dict
+            output = self._strategy.optimizer_step(self._optimizer)
+        else:
+            output = self._strategy.optimizer_step(self._optimizer, closure=closure)
+        if self._callbacks:
+            for callback in self._callbacks:
+                hook = getattr(callback, "on_after_optimizer_step", None)
+                if callable(hook):
+                    hook(strategy=self._strategy, optimizer=self._optimizer)
+        return output
 
     # -- what the real optimizer does -----------------------------------------------------------
 

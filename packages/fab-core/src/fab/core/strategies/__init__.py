@@ -2,6 +2,13 @@
 
 from fab.core.registry import STRATEGY_REGISTRY
 from fab.core.strategies.single_device import SingleDeviceStrategy
-from fab.core.strategies.strategy import ReduceOp, Strategy, StrategyContext
+from fab.core.strategies.strategy import ModelSetup, ReduceOp, Strategy, StrategyContext
 
-__all__ = ["STRATEGY_REGISTRY", "ReduceOp", "SingleDeviceStrategy", "Strategy", "StrategyContext"]
+__all__ = [
+    "STRATEGY_REGISTRY",
+    "ModelSetup",
+    "ReduceOp",
+    "SingleDeviceStrategy",
+    "Strategy",
+    "StrategyContext",
+]

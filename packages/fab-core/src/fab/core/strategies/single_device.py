@@ -14,8 +14,9 @@ from fab.core.strategies.strategy import ReduceOp, Strategy, StrategyContext
 
 
 class SingleDeviceStrategy(Strategy):
-    """Everything on one device in the current process. Collectives return what a one-process
-    group would: ``all_gather`` adds a leading dimension of size 1, reductions are the identity."""
+    """Everything on one device in the current process. Collectives have nothing to exchange:
+    ``all_gather`` returns the tensor itself (no leading dimension of size 1, as in Lightning),
+    reductions are the identity."""
 
     def __init__(
         self,
@@ -45,7 +46,7 @@ class SingleDeviceStrategy(Strategy):
     def all_gather(
         self, tensor: Tensor, group: Any | None = None, sync_grads: bool = False
     ) -> Tensor:
-        return tensor.unsqueeze(0)
+        return tensor
 
     def all_reduce(
         self, tensor: Tensor, group: Any | None = None, reduce_op: ReduceOp = "mean"

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -42,13 +42,25 @@ class StrategyContext:
     cluster_environment: ClusterEnvironment | None = None
 
 
+class ModelSetup(NamedTuple):
+    """What ``Strategy.setup`` returns."""
+
+    #: What a forward call runs: the strategy's wrapper (DDP), the sharded model, or the model.
+    forward_module: Module
+    #: The optimizers, pointed at the parameters ``forward_module`` trains.
+    optimizers: list[Optimizer]
+    #: The model as the user knows it after set-up (converted by the precision, sharded in place
+    #: where the strategy shards): its names are the checkpoint's, surgery hooks go on it.
+    module: Module
+
+
 class Strategy(ABC):
     """Places the model and data, runs backward and optimizer steps, communicates, checkpoints.
 
     A strategy owns the accelerator, the precision and the checkpoint I/O of a run; Fabric talks
     only to the strategy. Multi-process strategies (fab-strategies) add a cluster environment and a
-    launcher; sharded ones (FSDP, tensor parallel) override ``setup_module_and_optimizers``,
-    ``module_init_context`` and the state-dict methods.
+    launcher; sharded ones (FSDP, tensor parallel) override ``setup`` (the set-up order),
+    ``module_init_context`` and the checkpoint methods.
     """
 
     def __init__(
@@ -175,19 +187,29 @@ class Strategy(ABC):
 
     # -- models, optimizers, data --------------------------------------------------------------
 
-    def setup_module_and_optimizers(
-        self, module: Module, optimizers: list[Optimizer]
-    ) -> tuple[Module, list[Optimizer]]:
-        """Set up a model with its optimizers. Sharding strategies, whose optimizers must see the
-        sharded parameters, override this."""
-        module = self.setup_module(module)
-        return module, [self.setup_optimizer(optimizer) for optimizer in optimizers]
+    def setup(
+        self, module: Module, optimizers: list[Optimizer], move_to_device: bool = True
+    ) -> ModelSetup:
+        """Set a model up with its optimizers (``Fabric.setup`` and ``setup_module`` call this).
+
+        The order: the precision converts the model; unless ``move_to_device`` is False,
+        parameters still on the meta device get memory and their initialization
+        (``materialize_module``) and the model moves to this process's device
+        (``module_to_device``); ``setup_module`` wraps it; ``setup_optimizer`` takes each
+        optimizer. A sharding strategy overrides the whole method, in the order torch needs
+        (parallelize on meta, allocate the shards, then point the optimizers at them)."""
+        module = self.precision.convert_module(module)
+        if move_to_device:
+            self.materialize_module(module)
+            self.module_to_device(module)
+        forward_module = self.setup_module(module)
+        return ModelSetup(forward_module, [self.setup_optimizer(o) for o in optimizers], module)
 
     def setup_module(self, module: Module) -> Module:
         """Wrap the model for this strategy (DDP, ...) and return what forward should call.
 
-        Fabric has converted it to the precision's dtype and, unless asked not to, moved it with
-        ``module_to_device`` before."""
+        ``setup`` has converted it to the precision's dtype and, unless asked not to, moved it
+        with ``module_to_device`` before."""
         return module
 
     def setup_optimizer(self, optimizer: Optimizer) -> Optimizer:
@@ -197,10 +219,12 @@ class Strategy(ABC):
         module.to(self.root_device)
 
     def materialize_module(self, module: Module) -> None:
-        """Give the parameters still on the meta device (``init_module(empty_init=True)``) memory
-        on ``root_device`` and initialize them (``reset_parameters``; see
-        :func:`fab.lazy.materialize`), keeping the Parameter objects, ties and real buffers.
-        Called by ``Fabric.setup`` after the precision converted the model and before
+        """Give the parameters still on the meta device (a model built under
+        ``torch.device("meta")`` or ``fab.lazy.meta_init``, or under
+        ``init_module(empty_init=True)`` where ``empty_init_on_meta``) memory on ``root_device``
+        and initialize them (``reset_parameters``; see :func:`fab.lazy.materialize`), keeping
+        the Parameter objects, ties and real buffers.
+        Called by ``setup`` after the precision converted the model and before
         ``setup_module`` wraps it (DDP then broadcasts rank 0's values). A model with nothing on
         the meta device (loaded from a checkpoint already) is left alone. Sharding strategies
         override it to materialize each shard after sharding instead."""
@@ -211,21 +235,34 @@ class Strategy(ABC):
         except lazy.MaterializeError as err:
             raise lazy.MaterializeError(
                 f"{err}. With Fabric, also: load the checkpoint before setup (fabric.load or "
-                "fabric.load_raw into the model from init_module(empty_init=True) fills these "
-                "tensors, and setup then has nothing to initialize), or call "
+                "fabric.load_raw into the model fills these tensors, and setup then has nothing "
+                "to initialize), or call "
                 "fab.lazy.materialize(model, fabric.device, init_fn=...) before setup"
             ) from err
 
+    @property
+    def empty_init_on_meta(self) -> bool:
+        """Whether ``init_module(empty_init=True)`` creates parameters on the meta device (no
+        memory at all), for strategies that materialize each shard after sharding.
+
+        False here: the parameters get real memory on ``root_device`` that is never initialized
+        (:class:`fab.lazy.skip_init`), as in Lightning, so any ordinary load
+        (``model.load_state_dict``, ``fabric.load``) copies into the model's own memory, and an
+        optimizer created before the load trains the loaded values. The pages of memory that
+        nothing wrote yet cost nothing, so loading a checkpoint into such a model through
+        ``fabric.load`` still peaks at about the model's size."""
+        return False
+
     def module_init_context(self, empty_init: bool | None = None) -> AbstractContextManager[object]:
         """Active in ``Fabric.init_module``: new parameters get this process's device and the
-        precision's dtype; with ``empty_init``, they are created on the meta device instead (no
-        memory, no initialization; buffers stay real on the device, see
-        :func:`fab.lazy.meta_init`), for weights a checkpoint will fill or ``setup`` will
-        initialize."""
+        precision's dtype. With ``empty_init``, they are not initialized: allocated and left as
+        they are (:class:`fab.lazy.skip_init`), or, where ``empty_init_on_meta``, created on the
+        meta device (:func:`fab.lazy.meta_init`; buffers stay real), for weights that a
+        checkpoint will fill."""
         stack = ExitStack()
         stack.enter_context(torch.device(self.root_device))
         if empty_init:
-            stack.enter_context(lazy.meta_init())
+            stack.enter_context(lazy.meta_init() if self.empty_init_on_meta else lazy.skip_init())
         stack.enter_context(self.precision.module_init_context())
         return stack
 
@@ -259,9 +296,13 @@ class Strategy(ABC):
     # -- steps ------------------------------------------------------------------------------
 
     def backward(self, tensor: Tensor, module: Module | None, *args: Any, **kwargs: Any) -> None:
-        tensor = self.precision.pre_backward(tensor, module)
-        self.precision.backward(tensor, module, *args, **kwargs)
-        self.precision.post_backward(tensor, module)
+        """Run backward through the precision, as Lightning's strategies do: ``pre_backward``
+        (its return value is not used), ``backward`` (which scales the loss where the precision
+        needs it), ``post_backward``."""
+        precision = self.precision
+        precision.pre_backward(tensor, module)
+        precision.backward(tensor, module, *args, **kwargs)
+        precision.post_backward(tensor, module)
 
     def optimizer_step(self, optimizer: Optimizer, **kwargs: Any) -> Any:
         return self.precision.optimizer_step(optimizer, **kwargs)
@@ -290,7 +331,8 @@ class Strategy(ABC):
     def all_gather(
         self, tensor: Tensor, group: Any | None = None, sync_grads: bool = False
     ) -> Tensor:
-        """Stack ``tensor`` from every process along a new first dimension."""
+        """Stack ``tensor`` from every process along a new first dimension (of the group's
+        size); where this process is the only one, return ``tensor`` itself."""
 
     @abstractmethod
     def all_reduce(
@@ -319,9 +361,10 @@ class Strategy(ABC):
         self, module: Module, state_dict: dict[str, Any], strict: bool = True
     ) -> None:
         """Load ``state_dict`` into ``module`` without a second copy in memory
-        (``fab.lazy.load_into``): parameters still on the meta device (``init_module(empty_init=
-        True)``) take the checkpoint's tensors, moved to this process's device; the others are
-        copied into in place. The Parameter objects and the model's dtypes are kept."""
+        (``fab.lazy.load_into``): parameters still on the meta device take the checkpoint's
+        tensors, moved to this process's device; the others (``init_module(empty_init=True)``'s
+        included) are copied into in place, one tensor at a time, the file's pages given back
+        after each. The Parameter objects and the model's dtypes are kept."""
         lazy.load_into(module, state_dict, strict=strict, device=self.root_device)
 
     def get_optimizer_state(self, optimizer: Optimizer) -> dict[str, Any]:
@@ -348,13 +391,39 @@ class Strategy(ABC):
             self.checkpoint_io.save_checkpoint(checkpoint, path, storage_options=storage_options)
 
     def load_checkpoint(
-        self, path: str | Path, state: dict[str, Any] | None = None, strict: bool = True
+        self,
+        path: str | Path,
+        state: Module | Optimizer | dict[str, Any] | None = None,
+        strict: bool = True,
+        weights_only: bool | None = None,
     ) -> dict[str, Any]:
         """Read the checkpoint at ``path`` into ``state``'s objects in place; return what is left.
 
-        Without ``state``, return the whole checkpoint.
+        ``state`` is a dict of objects (models, optimizers, anything with ``load_state_dict``, and
+        plain values, which are replaced); ``None`` or ``{}`` returns the whole checkpoint; a model
+        or an optimizer takes the file as its raw state dict (``{}`` is returned). The file is
+        read weights-only unless ``weights_only=False`` (``None`` means fab's default, True).
+        A directory written by a sharded strategy (torch.distributed.checkpoint) is read too,
+        whatever world size wrote it.
         """
-        checkpoint = self.checkpoint_io.load_checkpoint(path, map_location="cpu")
+        from fab.core import distributed_checkpoint as dcp_files
+
+        if not isinstance(state, Module | Optimizer) and dcp_files.is_distributed_checkpoint(
+            dcp_files.resolve(path)
+        ):
+            checkpoint = dcp_files.load_directory(
+                path, state, strict=strict, weights_only=weights_only is not False
+            )
+            precision_state = checkpoint.pop(PRECISION_STATE_KEY, None)
+            if precision_state is not None:
+                self.precision.load_state_dict(precision_state)
+            return checkpoint
+        checkpoint = self.checkpoint_io.load_checkpoint(
+            path, map_location="cpu", weights_only=weights_only is not False
+        )
+        if isinstance(state, Module | Optimizer):
+            self._load_raw_state(state, checkpoint, strict)
+            return {}
         precision_state = checkpoint.pop(PRECISION_STATE_KEY, None)
         if precision_state is not None:
             self.precision.load_state_dict(precision_state)
@@ -379,20 +448,28 @@ class Strategy(ABC):
                 state[key] = value
         return checkpoint
 
-    def load_raw(self, path: str | Path, obj: Module | Optimizer, strict: bool = True) -> None:
+    def load_raw(
+        self,
+        path: str | Path,
+        obj: Module | Optimizer,
+        strict: bool = True,
+        weights_only: bool | None = None,
+    ) -> None:
         """Load a plain state dict (not a Fabric checkpoint) at ``path`` into ``obj`` in place."""
-        state = self.checkpoint_io.load_checkpoint(path, map_location="cpu")
+        self.load_checkpoint(path, obj, strict=strict, weights_only=weights_only)
+
+    def _load_raw_state(
+        self, obj: Module | Optimizer, state_dict: dict[str, Any], strict: bool
+    ) -> None:
         if isinstance(obj, Module):
-            self.load_module_state_dict(obj, state, strict=strict)
+            self.load_module_state_dict(obj, state_dict, strict=strict)
         else:
-            obj.load_state_dict(state)
+            obj.load_state_dict(state_dict)
 
     def _convert_state(self, state: dict[str, Any], filters: StateFilter) -> dict[str, Any]:
-        unknown = set(filters) - set(state)
-        if unknown:
-            raise KeyError(
-                f"filter has keys {sorted(unknown)} that are not in the state {sorted(state)}"
-            )
+        """The checkpoint of ``state``: models and optimizers become state dicts; a filtered
+        entry keeps the items its filter accepts, and is left out when it accepts none."""
+        check_state_filter(state, filters)
         converted: dict[str, Any] = {}
         for key, value in state.items():
             if isinstance(value, Module):
@@ -407,5 +484,28 @@ class Strategy(ABC):
             if key in filters and isinstance(value, dict):
                 keep = filters[key]
                 value = {k: v for k, v in value.items() if keep(k, v)}
+                if not value:
+                    continue
             converted[key] = value
         return converted
+
+
+def check_state_filter(state: dict[str, Any], filter: object) -> None:
+    """Raise as Lightning does for a ``save(filter=...)`` that is not a dict of callables whose keys
+    are keys of ``state``: ``TypeError`` for the types, ``ValueError`` for unknown keys."""
+    if not isinstance(filter, dict):
+        raise TypeError(
+            f"filter must be a dict mapping keys of the state to callables (name, value) -> bool, "
+            f"got {filter!r}"
+        )
+    unknown = sorted(set(filter) - set(state), key=str)
+    if unknown:
+        raise ValueError(
+            f"filter has keys {unknown} that are not in the state {sorted(state, key=str)}; "
+            "give a filter only for entries of the state"
+        )
+    for key, keep in filter.items():
+        if not callable(keep):
+            raise TypeError(
+                f"filter[{key!r}] must be a callable (name, value) -> bool, got {keep!r}"
+            )

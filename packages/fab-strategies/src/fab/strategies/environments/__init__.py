@@ -11,6 +11,10 @@ from fab.strategies.environments.mpi import MPIEnvironment
 from fab.strategies.environments.slurm import SLURMEnvironment
 from fab.strategies.environments.torchelastic import TorchElasticEnvironment
 
+#: Lightning's name of fab's own environment (``lightning.fabric.plugins.environments``); an
+#: alias, so not in ``__all__``.
+LightningEnvironment = FabEnvironment
+
 __all__ = [
     "FAB_LAUNCHED_ENV",
     "ClusterEnvironment",
