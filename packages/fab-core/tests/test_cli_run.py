@@ -186,8 +186,8 @@ def test_ctrl_c_ends_fab_run_with_130_and_no_launcher_traceback(tmp_path: Path) 
         "import sys, time\n"
         "from fab.core import Fabric\n"
         "Fabric()\n"
-        "print('ready', flush=True)\n"
-        "try:\n"
+        "try:\n"  # 'ready' inside the try: a SIGINT right after it is the script's to catch
+        "    print('ready', flush=True)\n"
         "    time.sleep(120)\n"
         "except KeyboardInterrupt:\n"
         "    sys.exit(130)\n"

@@ -47,11 +47,17 @@ def test_create_by_name_without_arguments_gives_the_class_and_canonical_name(
     assert precision.precision == name
 
 
-@pytest.mark.parametrize("name", NEEDS_LIBRARY)
-def test_plugins_needing_a_library_load_without_it(name: str) -> None:
-    """``fab plugins`` lists them as loadable: only creating one needs the library."""
+@pytest.mark.parametrize(("name", "cls"), NEEDS_LIBRARY.items())
+def test_plugins_needing_a_library_load_without_it_and_say_what_to_install(
+    name: str, cls: type[Precision]
+) -> None:
+    """The class loads without its library (only creating one needs it), and ``fab plugins``
+    marks the plugin as needing the library, with the extra that installs it."""
+    assert registry.PRECISION.load(name) is cls or callable(registry.PRECISION.load(name))
     (record,) = [r for r in registry.PRECISION.records() if r.name == name]
-    assert record.status == "ok", record.detail
+    assert record.status == "needs", record.detail
+    extra = "transformer-engine" if name.startswith("transformer-engine") else "bitsandbytes"
+    assert f'pip install "fab-precision[{extra}]"' in record.detail
 
 
 @pytest.mark.parametrize(
