@@ -18,7 +18,7 @@ def layered_venv_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Path]]
     """Record the plugins each environment would be built with, building nothing."""
     plugins_of: dict[str, list[Path]] = {}
 
-    def record(session: dev.Session, key: str, venv: Path, *args: object) -> Path:
+    def record(session: dev.Session, key: str, venv: Path, *args: object, **_: object) -> Path:
         plugins = args[1]
         assert isinstance(plugins, list)
         plugins_of[key] = plugins
