@@ -175,3 +175,20 @@ def test_a_kill_9_during_a_save_leaves_the_previous_checkpoint(tmp_path: Path) -
     save_directory(path, {"w": torch.full((1000,), 3.0), "step": 3})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
     assert Fabric(accelerator="cpu", devices=1).load(path)["step"] == 3
+
+
+@pytest.mark.parametrize("full", [True, False])
+def test_checkpoint_state_follows_saves_filter_rules(full: bool) -> None:
+    """The same filter rules as every other save: an entry filtered to nothing is left out, a
+    filter on a key the state lacks is a ValueError, one that is not a dict a TypeError."""
+    from fab.core.distributed_checkpoint import checkpoint_state
+
+    model = torch.nn.Linear(2, 2)
+    state = {"model": model, "step": 3}
+    kept = checkpoint_state(state, full, {"model": lambda name, _: name == "weight"})
+    assert set(kept["model"]) == {"weight"}
+    assert "model" not in checkpoint_state(state, full, {"model": lambda name, _: False})
+    with pytest.raises(ValueError, match="missing"):
+        checkpoint_state(state, full, {"missing": lambda name, _: True})
+    with pytest.raises(TypeError):
+        checkpoint_state(state, full, [("model", lambda name, _: True)])  # type: ignore[arg-type]

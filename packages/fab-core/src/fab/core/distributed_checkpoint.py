@@ -18,7 +18,7 @@ import os
 import shutil
 import uuid
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,13 +28,13 @@ import torch.distributed as dist
 from torch.nn import Module
 from torch.optim import Optimizer
 
+from fab.core.strategies.strategy import StateFilter, check_state_filter
+
 if TYPE_CHECKING:
     from torch.distributed.checkpoint.metadata import Metadata
 
 #: The file DCP writes last, once every shard is on disk.
 METADATA_FILE = ".metadata"
-#: Filters for ``save``: a key of the state maps to a predicate on (parameter name, value).
-StateFilter = dict[str, Callable[[str, Any], bool]]
 
 
 class DistributedCheckpointError(RuntimeError):
@@ -96,11 +96,7 @@ def checkpoint_state(
     )
 
     filters = filters or {}
-    unknown = set(filters) - set(state)
-    if unknown:
-        raise KeyError(
-            f"filter has keys {sorted(unknown)} that are not in the state {sorted(state)}"
-        )
+    check_state_filter(dict(state), filters)
     options = StateDictOptions(full_state_dict=full, cpu_offload=full)
     modules = {k: v for k, v in state.items() if isinstance(v, Module)}
     converted: dict[str, Any] = {}
@@ -115,6 +111,8 @@ def checkpoint_state(
         if key in filters and isinstance(value, dict):
             keep = filters[key]
             value = {k: v for k, v in value.items() if keep(k, v)}
+            if not value:
+                continue  # as in every other save: an entry filtered to nothing is left out
         converted[key] = value
     return converted
 
