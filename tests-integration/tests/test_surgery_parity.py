@@ -20,6 +20,8 @@ pytestmark = [pytest.mark.distributed, pytest.mark.timeout(180)]
 
 WIDTH = 8
 ROWS = 7  # split 4 + 3 over two processes: the last slice is shorter
+#: Split by output columns (``ColwiseParallel``) under tensor parallel.
+SHARDED_WEIGHT = "layers.0.mlp.0.weight"
 
 
 class Block(nn.Module):
@@ -101,11 +103,15 @@ def _data_parallel(fabric: Fabric) -> tuple[int, int]:
 def surgery_script(fabric: Fabric, param_grad_hook: bool = True) -> dict[str, Any]:
     """What a researcher runs: capture, ablate, a probe trained beside a frozen model.
 
-    ``param_grad_hook``: also capture the probe's gradient with a hook (not under FSDP, whose
-    sharded parameters never see their gradient in a hook; ``read_gradient`` works everywhere)."""
+    ``param_grad_hook``: also capture with hooks the gradients of the probe and of one weight of
+    the model, the first block's Linear (split by output columns under tensor parallel), which is
+    then not frozen; not under FSDP, whose sharded parameters never see their gradient in a hook
+    (``read_gradient`` works everywhere)."""
     torch.manual_seed(0)
     model = Net()
     model.requires_grad_(False)
+    if param_grad_hook:
+        model.get_parameter(SHARDED_WEIGHT).requires_grad_(True)
     surgery = Surgery(model)
     surgery.add_probe("probe", nn.Linear(WIDTH, WIDTH))
     surgery.capture("layers.*.mlp")
@@ -116,8 +122,17 @@ def surgery_script(fabric: Fabric, param_grad_hook: bool = True) -> dict[str, An
     surgery.capture("layers.1", "grad_input")
     if param_grad_hook:
         surgery.capture("surgery_probes.probe.weight", "param_grad")
+        surgery.capture(SHARDED_WEIGHT, "param_grad")
     fabric_model = fabric.setup(model)
     surgery.bind(fabric_model)
+    param_grad_error = ""
+    if fabric.world_size > 1:  # a hook added after set-up: taken, or refused under FSDP
+        late = Surgery(fabric_model)
+        try:
+            late.capture(SHARDED_WEIGHT, "param_grad")
+        except LayoutError as error:
+            param_grad_error = str(error)
+        late.restore()
 
     x_all = torch.randn(ROWS, WIDTH, generator=torch.Generator().manual_seed(3))
     # the processes of one tensor-parallel group take the same slice
@@ -192,6 +207,7 @@ def surgery_script(fabric: Fabric, param_grad_hook: bool = True) -> dict[str, An
         "held_per_rank": held,
         "weight": surgery.read_parameter("layers.0.mlp.0.weight"),
         "plain_error": plain_error,
+        "param_grad_error": param_grad_error,
         "layout_errors": layout_errors,
         "along_dim_1": along_dim_1,
         "replicas": replicas,
@@ -301,6 +317,31 @@ def test_probe_gradients_match_within_reduction_order(
     torch.testing.assert_close(
         two_processes["probe_grad"], one_process["probe_grad"], rtol=0, atol=1e-6
     )
+
+
+def test_a_param_grad_hook_on_a_sharded_weight_captures_the_whole_gradient(
+    one_process: dict[str, Any], two_processes: dict[str, Any]
+) -> None:
+    if not _PARAM_HOOKS[two_processes["strategy"]]:
+        pytest.skip("FSDP's sharded parameters run no gradient hook (bind refuses one)")
+    key = f"{SHARDED_WEIGHT}:param_grad"
+    (single,) = one_process["captures"][key]
+    (parallel,) = two_processes["captures"][key]
+    assert type(parallel) is Tensor  # a plain, whole tensor, not a DTensor or a local shard
+    assert parallel.shape == single.shape == (WIDTH, WIDTH)
+    # DDP averages over its replicas; tensor parallel (one replica) gives the sum itself
+    torch.testing.assert_close(parallel * two_processes["replicas"], single, rtol=0, atol=1e-6)
+
+
+def test_a_param_grad_hook_is_refused_only_where_fsdp_shards_the_parameter(
+    two_processes: dict[str, Any],
+) -> None:
+    message = two_processes["param_grad_error"]
+    if _PARAM_HOOKS[two_processes["strategy"]]:  # DDP, tensor parallel: the hook runs
+        assert message == ""
+        return
+    assert f"parameter {SHARDED_WEIGHT!r} is sharded by FSDP" in message
+    assert "surgery.read_gradient(name)" in message
 
 
 def test_only_rank_zero_holds_captures_and_save_ctx_is_shared(

@@ -61,6 +61,9 @@ GOAL_RATIO = 0.98
 T_TRAIN = 300.0
 T_LAUNCH = 120.0
 T_GRACE = 3.0  # between SIGTERM and SIGKILL (tools/dev.py allows run.py 10 s after a SIGTERM)
+#: How long what a launch left behind may take to exit by itself (multiprocessing's resource
+#: tracker exits when its parent has) before it counts as an orphan and is killed.
+T_SETTLE = 2.0
 NA = "n/a"
 SIGNALS = {int(s) for s in signal.Signals}
 
@@ -256,7 +259,15 @@ def run_tree(cmd: Sequence[str], env: dict[str, str], timeout: float) -> Outcome
                 kill_tree(proc.pid)
                 proc.wait()
         left = [p for p in descendants(os.getpid()) if p not in before and alive(p)]
+        settle = time.monotonic() + T_SETTLE
+        while left and time.monotonic() < settle:  # e.g. multiprocessing's resource tracker
+            time.sleep(0.05)
+            reap(left)
+            left = [p for p in left if alive(p)]
         orphans = kill_tree(None, left) if left else 0
+        # What exited by itself after being re-parented to this subreaper (the launch's helper
+        # processes) is a zombie until collected.
+        reap([p for p in descendants(os.getpid()) if p not in before])
         out.seek(0)
         err.seek(0)
         return Outcome(

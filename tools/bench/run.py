@@ -19,6 +19,12 @@ Four measurements, each framework in fresh processes of its own so that imports 
    the wall time of launching a trivial script with `fab run`, torchrun and `fabric run`.
 5. memory: peak resident memory to create a 2 GiB model and to load a 2 GiB checkpoint into it
    (tools/bench/memory.py), beside raw PyTorch and Lightning Fabric, each in a fresh process.
+6. sharded: FSDP against DDP on two CPU processes over gloo with a 512 MiB model
+   (tools/bench/sharded.py): per-rank parameter + optimizer memory, peak memory and step time,
+   and fab's sharded checkpoint against torch.save/torch.load of the full state. Lightning
+   Fabric refuses FSDP on a CPU; the run records its refusal.
+7. surgery: what capturing activations costs a forward (tools/bench/surgery.py, run in a
+   subprocess with `--json`), beside plain torch hooks and, where installed, FlexModel and nnsight.
 
 For 2 and 3 one worker process per framework stays alive (tools/bench/worker.py) and the
 repetitions go round-robin over the frameworks, so that machine noise falls on all of them alike;
@@ -27,8 +33,10 @@ headline is the minimum over repetitions (the least disturbed); medians are show
 
 A run prints a markdown report. A full run writes it into docs/benchmarks.md: 1-3 between the
 `<!-- bench:start -->` and `<!-- bench:end -->` markers, 4 between `<!-- bench-ddp:start -->` and
-`<!-- bench-ddp:end -->`, 5 between `<!-- bench-memory:start -->` and `<!-- bench-memory:end -->`.
-`--only ddp` (`--only memory`, `--only step`) writes that section alone (each stands on its
+`<!-- bench-ddp:end -->`, 5 between `<!-- bench-memory:start -->` and `<!-- bench-memory:end -->`,
+6 between `<!-- bench-sharded:start -->` and `<!-- bench-sharded:end -->`, 7 between
+`<!-- bench-surgery:start -->` and `<!-- bench-surgery:end -->`. `--only ddp` (`--only memory`,
+`--only step`, `--only sharded`, `--only surgery`) writes that section alone (each stands on its
 own; the step section sits between `<!-- bench-step:start -->` and `<!-- bench-step:end -->`);
 other --only runs, --quick runs and --no-docs runs only print.
 """
@@ -55,10 +63,11 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # mypy runs from the repository root, where this folder is tools.bench
-    from tools.bench import ddp, memory
+    from tools.bench import ddp, memory, sharded
 else:  # run as a script, this folder is on sys.path
     import ddp
     import memory
+    import sharded
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -69,6 +78,10 @@ RESULTS_JSON = ROOT / ".cache" / "bench" / "results.json"
 DDP_JSON = ROOT / ".cache" / "bench" / "ddp.json"
 MEMORY_JSON = ROOT / ".cache" / "bench" / "memory.json"
 STEP_JSON = ROOT / ".cache" / "bench" / "step.json"
+SHARDED_JSON = ROOT / ".cache" / "bench" / "sharded.json"
+SURGERY_JSON = ROOT / ".cache" / "bench" / "surgery.json"
+SURGERY = HERE / "surgery.py"
+SURGERY_START, SURGERY_END = "<!-- bench-surgery:start -->", "<!-- bench-surgery:end -->"
 STEP_START, STEP_END = "<!-- bench-step:start -->", "<!-- bench-step:end -->"
 STEP_DESCRIPTION = "MLP 32 → 64 → 8 (Linear, ReLU, Linear), batch 32, SGD"  # worker.py
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -114,6 +127,7 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_":
 T_SETUP = 300.0
 T_REPEAT = 120.0
 T_IMPORT = 120.0
+T_SURGERY = 1800.0
 
 IMPORT_SNIPPET = """\
 import sys, time
@@ -393,6 +407,44 @@ def bench_workers(
     return series
 
 
+# --- 7. surgery ------------------------------------------------------------------------------
+
+
+@dataclass
+class SurgeryRun:
+    """tools/bench/surgery.py's JSON (its shape: that script's --json), or why there is none."""
+
+    data: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    error: str | None = None
+
+    @property
+    def markdown(self) -> str:
+        text = self.data.get("markdown")
+        return text if isinstance(text, str) else ""
+
+
+def bench_surgery(quick: bool, timeout: float = T_SURGERY) -> SurgeryRun:
+    """Run tools/bench/surgery.py in a session of its own under a timeout (its whole process tree
+    killed on a timeout or an error), read what it wrote with --json."""
+    with tempfile.TemporaryDirectory(prefix="fab-bench-surgery-") as tmp:
+        path = Path(tmp) / "surgery.json"
+        cmd = [sys.executable, str(SURGERY), "--json", str(path), *(["--quick"] if quick else [])]
+        outcome = ddp.run_tree(cmd, dict(os.environ), timeout)
+        run = SurgeryRun(seconds=outcome.seconds)
+        if outcome.returncode != 0:
+            run.error = f"{SURGERY.name}: {outcome.why()}"
+            return run
+        try:
+            run.data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            run.error = f"{SURGERY.name} exited 0 but wrote no JSON to --json: {exc}"
+            return run
+    if not run.markdown.strip():
+        run.error = f'{SURGERY.name}\'s JSON has no "markdown" text to write'
+    return run
+
+
 def progress(text: str) -> None:
     if sys.stderr.isatty():
         sys.stderr.write(f"\r{text:<60}\r" if text else f"\r{'':<60}\r")
@@ -415,6 +467,8 @@ class Run:
     step: dict[str, Series] | None = None
     ddp: ddp.DDPRun | None = None
     memory: memory.MemoryRun | None = None
+    sharded: sharded.ShardedRun | None = None
+    surgery: SurgeryRun | None = None
 
 
 NA = "n/a"
@@ -737,7 +791,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tools/bench/run.py", description=__doc__, formatter_class=raw
     )
     parser.add_argument(
-        "--only", metavar="WHAT[,WHAT]", help="import, forward, train, step, ddp, memory"
+        "--only",
+        metavar="WHAT[,WHAT]",
+        help="import, forward, train, step, ddp, memory, sharded, surgery",
     )
     parser.add_argument("--quick", action="store_true", help="few short repetitions (a smoke run)")
     parser.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md")
@@ -759,6 +815,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--launch-runs", type=int, default=6, help="trivial 2-process launches per launcher"
     )
+    parser.add_argument(
+        "--sharded-layers",
+        type=int,
+        default=sharded.Settings.layers,
+        help="sharded: Linear(width, width) layers (default 8: 512 MiB at width 4096)",
+    )
+    parser.add_argument(
+        "--sharded-width", type=int, default=sharded.Settings.width, help="sharded: layer width"
+    )
+    parser.add_argument(
+        "--sharded-steps",
+        type=int,
+        default=sharded.Settings.steps,
+        help="sharded: training steps per strategy (the first is not timed)",
+    )
+    parser.add_argument(
+        "--sharded-timeout",
+        type=float,
+        default=sharded.Settings.timeout,
+        help="sharded: seconds allowed for each 2-process launch",
+    )
     return parser
 
 
@@ -770,7 +847,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if missing and not opts.here and not in_bench_venv:
         print(f"this interpreter lacks {', '.join(missing)}: handing over to tools/dev.py bench")
         return hand_over(args)
-    parts = ("import", "forward", "train", "step", "ddp", "memory")
+    parts = ("import", "forward", "train", "step", "ddp", "memory", "sharded", "surgery")
     wanted = {w.strip() for w in (opts.only or ",".join(parts)).split(",") if w.strip()}
     unknown = wanted - set(parts)
     if unknown:
@@ -849,6 +926,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             run.memory = memory.bench(memory_settings, progress)
 
         stages.append(("memory (peak RSS, fresh processes)", stage_memory))
+    if "sharded" in wanted:
+        sharded_settings = sharded.Settings(
+            layers=2 if quick else opts.sharded_layers,
+            width=512 if quick else opts.sharded_width,
+            steps=2 if quick else opts.sharded_steps,
+            threads=opts.threads,
+            timeout=opts.sharded_timeout,
+            env=env,
+        )
+
+        def stage_sharded() -> None:
+            run.sharded = sharded.bench(sharded_settings, progress)
+            progress("")
+
+        stages.append(("sharded (FSDP against DDP, 2 processes, gloo)", stage_sharded))
+    if "surgery" in wanted:
+
+        def stage_surgery() -> None:
+            run.surgery = bench_surgery(quick)
+            print(f"    surgery: {run.surgery.error or 'done'}", flush=True)
+
+        stages.append(("surgery (tools/bench/surgery.py)", stage_surgery))
     for title, body in stages:
         started = time.monotonic()
         print(f"==> {title}", flush=True)
@@ -901,7 +1000,34 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"memory section written to {DOC.relative_to(ROOT)}")
         else:
             print(f"(memory section not written to {DOC.relative_to(ROOT)})")
-    return 0
+    if run.sharded is not None:
+        text = "\n".join([*header(run), *sharded.report(run.sharded)]) + "\n"
+        print("\n" + text)
+        SHARDED_JSON.parent.mkdir(parents=True, exist_ok=True)
+        SHARDED_JSON.write_text(
+            json.dumps(sharded.as_json(run.sharded), indent=1) + "\n", encoding="utf-8"
+        )
+        if write and (not opts.only or wanted == {"sharded"}):
+            write_doc(text, sharded.START, sharded.END)
+            print(f"sharded section written to {DOC.relative_to(ROOT)}")
+        else:
+            print(f"(sharded section not written to {DOC.relative_to(ROOT)})")
+    if run.surgery is not None:
+        if run.surgery.error is not None:
+            print(f"\nsurgery: not measured: {run.surgery.error}")
+        else:
+            print("\n" + run.surgery.markdown)
+            SURGERY_JSON.parent.mkdir(parents=True, exist_ok=True)
+            SURGERY_JSON.write_text(json.dumps(run.surgery.data, indent=1) + "\n", "utf-8")
+        if run.surgery.error is None and write and (not opts.only or wanted == {"surgery"}):
+            write_doc(run.surgery.markdown.rstrip("\n") + "\n", SURGERY_START, SURGERY_END)
+            print(f"surgery section written to {DOC.relative_to(ROOT)}")
+        else:
+            print(f"(surgery section not written to {DOC.relative_to(ROOT)})")
+    failed = run.surgery is not None and run.surgery.error is not None
+    if run.sharded is not None:
+        failed = failed or any(not launch.ranks for launch in run.sharded.launches.values())
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -96,15 +96,21 @@ def test_fabric_autocast_is_the_forward_context(name: str) -> None:
         assert (a @ a).dtype == DTYPES[name]
 
 
-def test_the_device_is_settled_by_the_first_forwards_inputs() -> None:
+def test_the_device_is_settled_when_the_strategy_sets_the_first_model_up() -> None:
     precision = registry.PRECISION.create("bf16-mixed")
+    fabric = Fabric(accelerator="cpu", plugins=[precision])
     assert precision.device == "auto"
-    model = Fabric(accelerator="cpu", plugins=[precision]).setup(nn.Linear(2, 2))
-    model(torch.ones(1, 2))
-    assert precision.device == "cpu"
+    fabric.setup(nn.Linear(2, 2))
+    assert precision.device == "cpu"  # before any forward: Precision.connect told it
 
 
-def test_a_forward_without_tensor_inputs_leaves_the_device_unsettled() -> None:
+def test_an_explicit_device_is_kept_when_the_strategy_connects() -> None:
+    precision = MixedPrecision("bf16-mixed", device="cuda")
+    Fabric(accelerator="cpu", plugins=[precision]).setup(nn.Linear(2, 2))
+    assert precision.device == "cuda"
+
+
+def test_a_forward_without_tensor_inputs_autocasts_on_the_connected_device() -> None:
     class Constant(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -113,10 +119,16 @@ def test_a_forward_without_tensor_inputs_leaves_the_device_unsettled() -> None:
         def forward(self, scale: float) -> torch.Tensor:
             return self.weight @ self.weight * scale
 
+    class Recording(Constant):
+        def forward(self, scale: float) -> torch.Tensor:
+            self.inner = (self.weight @ self.weight).dtype
+            return super().forward(scale)
+
     precision = MixedPrecision("bf16-mixed")
-    model = Fabric(accelerator="cpu", plugins=[precision]).setup(Constant())
+    model = Fabric(accelerator="cpu", plugins=[precision]).setup(Recording())
     assert model(2.0).dtype == torch.float32
-    assert precision.device == "auto"
+    assert model.inner == torch.bfloat16
+    assert precision.device == "cpu"
 
 
 @no_cuda

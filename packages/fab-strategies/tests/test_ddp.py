@@ -7,13 +7,16 @@ by a timeout and checks that no child process is left behind.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 from fab.core import Fabric, seed_everything
@@ -31,6 +34,20 @@ def _no_orphans(no_orphan_processes: None) -> None:
 
 def _fabric() -> Fabric:
     return Fabric(accelerator="cpu", devices=2, strategy="ddp_spawn")
+
+
+class _NotesTeardown(DDPStrategy):
+    """A user's strategy whose ``teardown`` notes, in ``folder``, whether the process group was
+    up when it was called and whether it is after the base's teardown."""
+
+    def __init__(self, folder: Path, start_method: Any = "spawn") -> None:
+        super().__init__(start_method=start_method)
+        self.folder = folder
+
+    def teardown(self) -> None:
+        was_up = dist.is_initialized()
+        super().teardown()
+        (self.folder / str(self.global_rank)).write_text(f"{was_up} {dist.is_initialized()}")
 
 
 # -- functions run in the spawned processes ------------------------------------------------------
@@ -52,6 +69,15 @@ def _collectives(fabric: Fabric) -> dict[str, Any]:
         result = fabric.all_reduce(tensor, reduce_op=op)
         out[op] = (result.clone(), result is tensor, tensor.clone())
     out["broadcast"] = fabric.broadcast({"rank": rank, "items": [rank] * 3}, src=1)
+    # a layout dimension by name: under DDP "data_parallel" is every process
+    out["dp_sum"] = fabric.all_reduce(
+        torch.tensor([rank + 1]), group="data_parallel", reduce_op="sum"
+    )
+    out["dp_gather"] = fabric.all_gather(torch.tensor(rank), group="data_parallel")
+    try:
+        fabric.all_reduce(torch.ones(1), group="tensor_parallel")
+    except ValueError as error:
+        out["unknown_group"] = str(error)
     fabric.barrier("test")
     out["all_true"] = fabric.strategy.reduce_boolean_decision(rank == 0, all=True)
     out["any_true"] = fabric.strategy.reduce_boolean_decision(rank == 0, all=False)
@@ -182,13 +208,20 @@ class RunFabric(Fabric):
 # -- tests --------------------------------------------------------------------------------------
 
 
-def test_launch_returns_rank_zero_result() -> None:
-    fabric = _fabric()
-    assert isinstance(fabric.strategy, DDPStrategy)
+def test_launch_returns_rank_zero_result_and_each_rank_tears_its_strategy_down(
+    tmp_path: Path,
+) -> None:
+    fabric = Fabric(accelerator="cpu", devices=2, strategy=_NotesTeardown(tmp_path))
     assert isinstance(fabric.strategy.launcher, MultiProcessingLauncher)
     rank, local_rank, world_size, pid = fabric.launch(_ranks, 100)
     assert (rank, local_rank, world_size) == (100, 0, 2)
     assert pid != os.getpid()
+    # the user's teardown ran in each process once its function returned, and the base's
+    # destroyed the process group
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {
+        "0": "True False",
+        "1": "True False",
+    }
 
 
 @pytest.mark.parametrize("strategy", ["ddp_spawn", "ddp_fork"])
@@ -238,6 +271,10 @@ def test_collectives() -> None:
         assert same_object, f"{op} is not in place"
         assert torch.equal(original, torch.tensor(values)), op
     assert out["broadcast"] == {"rank": 1, "items": [1, 1, 1]}
+    assert torch.equal(out["dp_sum"], torch.tensor([3]))
+    assert torch.equal(out["dp_gather"], torch.tensor([0, 1]))
+    assert "'tensor_parallel'" in out["unknown_group"]
+    assert "data_parallel" in out["unknown_group"]  # the accepted names
     assert out["all_true"] is False
     assert out["any_true"] is True
     assert out["both_true"] is True
@@ -318,7 +355,6 @@ def test_ddp_reruns_the_script() -> None:
     fabric = Fabric(accelerator="cpu", devices=2, strategy="ddp")
     launcher = fabric.strategy.launcher
     assert isinstance(launcher, SubprocessScriptLauncher)
-    assert not launcher.is_interactive_compatible
     assert (launcher.num_processes, launcher.num_nodes) == (2, 1)
     one = Fabric(accelerator="cpu", devices=1, strategy="ddp")
     assert one.strategy.launcher is None  # one process: nothing to start
@@ -332,6 +368,46 @@ def test_ddp_refuses_to_rerun_an_interactive_session(monkeypatch: pytest.MonkeyP
     monkeypatch.delattr(__main__, "__file__", raising=False)
     with pytest.raises(RuntimeError, match=r"not started from a script.*ddp_notebook"):
         rerun_command()
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "ddp_spawn"])
+def test_ddp_and_ddp_spawn_are_refused_in_an_interactive_session(
+    strategy: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As in Lightning Fabric: re-running a script or spawning cannot start processes from a
+    notebook or a REPL, and ``Fabric(...)`` says so at once, not at ``launch``."""
+    monkeypatch.setattr(sys, "ps1", ">>> ", raising=False)
+    with pytest.raises(
+        RuntimeError,
+        match=rf"`Fabric\(strategy='{strategy}'\)` is not compatible with an interactive "
+        r"environment\. .*`Fabric\(strategy='ddp_notebook'\)`",
+    ):
+        Fabric(accelerator="cpu", devices=2, strategy=strategy)
+
+
+@pytest.mark.parametrize("strategy", ["ddp_notebook", "ddp_fork"])
+def test_forking_strategies_and_one_process_are_accepted_in_an_interactive_session(
+    strategy: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "ps1", ">>> ", raising=False)
+    launcher = Fabric(accelerator="cpu", devices=2, strategy=strategy).strategy.launcher
+    assert isinstance(launcher, MultiProcessingLauncher)
+    assert launcher.start_method == "fork"
+    assert Fabric(accelerator="cpu", devices=1, strategy="ddp").strategy.launcher is None
+
+
+def test_python_dash_i_refuses_ddp_when_the_fabric_is_created() -> None:
+    code = "from fab.core import Fabric\nFabric(accelerator='cpu', devices=2, strategy='ddp')\n"
+    done = subprocess.run(
+        [sys.executable, "-i", "-c", code],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "RuntimeError: `Fabric(strategy='ddp')` is not compatible with an interactive" in (
+        done.stderr
+    )
 
 
 def test_rerun_command_keeps_interpreter_options_and_arguments(

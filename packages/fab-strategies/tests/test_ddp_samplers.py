@@ -375,6 +375,35 @@ def test_the_ddp_strategy_delegates_to_shard_dataloader() -> None:
     assert strategy.process_dataloader(loader, use_distributed_sampler=False) is loader
 
 
+class _PairsShareABatch(DDPStrategy):
+    """A strategy whose processes take the data in pairs (as tensor-parallel ranks do)."""
+
+    @property
+    def distributed_sampler_kwargs(self) -> dict[str, Any] | None:
+        return {"num_replicas": self.world_size // 2, "rank": self.global_rank // 2}
+
+
+class _NoSharding(DDPStrategy):
+    @property
+    def distributed_sampler_kwargs(self) -> dict[str, Any] | None:
+        return None
+
+
+def test_the_data_is_sharded_as_the_strategys_distributed_sampler_kwargs_say() -> None:
+    environment = FabEnvironment()
+    environment.set_world_size(4)
+    environment.set_global_rank(3)
+    loader = DataLoader(_dataset(), batch_sampler=Buckets())
+    paired = _PairsShareABatch()
+    paired.cluster_environment = environment
+    new = paired.process_dataloader(loader)
+    assert isinstance(new.batch_sampler, ShardedBatchSampler)
+    assert (new.batch_sampler.num_replicas, new.batch_sampler.rank) == (2, 1)
+    whole = _NoSharding()
+    whole.cluster_environment = environment
+    assert whole.process_dataloader(loader) is loader
+
+
 # -- two real processes --------------------------------------------------------------------------
 
 

@@ -106,3 +106,59 @@ def test_mixed_precision_comes_from_the_precision_plugin() -> None:
     policy = mixed_precision_policy(BF16Mixed())
     assert policy == MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     assert mixed_precision_policy(Precision()) is None
+
+
+def test_the_policy_is_settled_when_the_strategy_connects_its_precision() -> None:
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    from fab.core.precision import Precision, PrecisionContext
+
+    class BF16Mixed(Precision):
+        precision = "bf16-mixed"
+
+        def __init__(self) -> None:
+            self.contexts: list[PrecisionContext] = []
+
+        def connect(self, context: PrecisionContext) -> None:
+            self.contexts.append(context)
+
+    precision = BF16Mixed()
+    strategy = FSDPStrategy()
+    Fabric(accelerator="cpu", devices=2, strategy=strategy, precision=precision)
+    assert precision.contexts == []
+    assert strategy.mp_policy == MixedPrecisionPolicy(
+        param_dtype=torch.bfloat16, reduce_dtype=torch.float32
+    )
+    assert precision.contexts == [PrecisionContext(device=torch.device("cpu"))]
+    assert strategy.mp_policy is not None  # asked again: connected once
+    assert len(precision.contexts) == 1
+    # a third party's precision of another name keeps the parameters' dtype; one given wins
+    other = FSDPStrategy()
+    Fabric(accelerator="cpu", devices=2, strategy=other, precision=Precision())
+    assert other.mp_policy is None
+    given = MixedPrecisionPolicy(param_dtype=torch.float16)
+    chosen = FSDPStrategy(mixed_precision=given)
+    Fabric(accelerator="cpu", devices=2, strategy=chosen, precision=BF16Mixed())
+    assert chosen.mp_policy is given
+
+
+def test_a_group_name_outside_the_layout_says_which_names_are_accepted() -> None:
+    strategy = ModelParallelStrategy(
+        lambda model, mesh: model, data_parallel_size=1, tensor_parallel_size=2
+    )
+    Fabric(accelerator="cpu", devices=2, strategy=strategy)
+    with pytest.raises(ValueError, match="'pipeline' is not a dimension") as caught:
+        strategy.all_reduce(torch.tensor(1.0), group="pipeline")
+    assert "'data_parallel', 'tensor_parallel'" in str(caught.value)
+    # one process (not launched): a known name reduces nothing, as without a group
+    assert strategy.all_reduce(torch.tensor(3.0), group="tensor_parallel").item() == 3.0
+
+
+def test_data_parallel_names_every_process_that_takes_its_own_batch() -> None:
+    hybrid = FSDPStrategy(sharding_strategy="HYBRID_SHARD", device_mesh=(2, 2))
+    Fabric(accelerator="cpu", devices=4, strategy=hybrid)
+    assert hybrid.layout.dimensions_of("data_parallel") == (0, 1)  # the whole mesh: the world
+    assert hybrid.layout.dimensions_of("data_parallel_shard") == (1,)
+    two_d = Layout((("data_parallel", 2), ("tensor_parallel", 2)))
+    assert two_d.dimensions_of("data_parallel") == (0,)
+    assert two_d.dimensions_of("tensor_parallel") == (1,)

@@ -173,15 +173,31 @@ def test_ddp_reruns_the_script_for_every_rank(worker: Path, runs: list[Run]) -> 
     assert_all_gone(run)
 
 
-def test_ddp_reruns_code_given_with_dash_c(tmp_path: Path, runs: list[Run]) -> None:
-    code_text = (
-        "import torch; from fab.core import Fabric; "
-        "f = Fabric(accelerator='cpu', devices=2, strategy='ddp'); f.launch(); "
-        "import os; "
-        f"open(os.path.join({str(tmp_path)!r}, f'{{f.global_rank}}.pid'), 'w')"
-        ".write(str(os.getpid())); "
-        "total = f.all_reduce(torch.ones(1), reduce_op='sum').item(); "
-        "f.print('ranks', f.world_size, 'sum', total)"
+def test_ddp_reruns_code_given_with_dash_c_and_every_rank_tears_down_at_exit(
+    tmp_path: Path, runs: list[Run]
+) -> None:
+    """The user's ``teardown`` override runs at exit on every rank, the process group still up;
+    the base's destroys it."""
+    code_text = textwrap.dedent(
+        f"""
+        import os, torch
+        import torch.distributed as dist
+        from fab.core import Fabric
+        from fab.strategies import DDPStrategy
+
+        class Noted(DDPStrategy):
+            def teardown(self):
+                was_up = dist.is_initialized()
+                super().teardown()
+                with open(os.path.join({str(tmp_path)!r}, f"{{self.global_rank}}.down"), "w") as fh:
+                    fh.write(f"{{was_up}} {{dist.is_initialized()}}")
+
+        f = Fabric(accelerator="cpu", devices=2, strategy=Noted()); f.launch()
+        with open(os.path.join({str(tmp_path)!r}, f"{{f.global_rank}}.pid"), "w") as fh:
+            fh.write(str(os.getpid()))
+        total = f.all_reduce(torch.ones(1), reduce_op="sum").item()
+        f.print("ranks", f.world_size, "sum", total)
+        """
     )
     run = Run(python("-c", code_text), tmp_path)
     runs.append(run)
@@ -189,6 +205,8 @@ def test_ddp_reruns_code_given_with_dash_c(tmp_path: Path, runs: list[Run]) -> N
     assert code == 0, err
     assert out.splitlines() == ["ranks 2 sum 2.0"]  # rank 0 prints
     assert_all_gone(run)
+    downs = {p.name: p.read_text() for p in tmp_path.glob("*.down")}
+    assert downs == {"0.down": "True False", "1.down": "True False"}
 
 
 @pytest.mark.parametrize("failing_rank", [1, 0])

@@ -85,15 +85,21 @@ def _full(model: nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
+def _mine(fabric: Any, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """This process's rows of the global batch of ``step``: its data-parallel rank's share."""
+    x, y = _batch(step)
+    if fabric is not None and fabric.world_size > 1:
+        layout = fabric.strategy.layout
+        share = 2 * BATCH // layout.data_parallel_size
+        data_rank = layout.data_parallel_rank(fabric.global_rank)
+        rows = slice(data_rank * share, (data_rank + 1) * share)
+        x, y = x[rows], y[rows]
+    return x, y
+
+
 def _train(fabric: Any, model: Any, optimizer: Any, first: int, steps: int) -> None:
     for step in range(first, first + steps):
-        x, y = _batch(step)
-        if fabric is not None and fabric.world_size > 1:
-            layout = fabric.strategy.layout
-            share = 2 * BATCH // layout.data_parallel_size
-            data_rank = layout.data_parallel_rank(fabric.global_rank)
-            rows = slice(data_rank * share, (data_rank + 1) * share)
-            x, y = x[rows], y[rows]
+        x, y = _mine(fabric, step)
         optimizer.zero_grad()
         loss = nn.functional.mse_loss(model(x), y)
         fabric.backward(loss) if fabric is not None else loss.backward()
@@ -135,6 +141,36 @@ def _run_all(fabric: Fabric, folder: str) -> dict[str, Any]:
     fabric.save(Path(folder, "tp"), {"model": model, "optimizer": optimizer, "step": STEPS})
     _train(fabric, model, optimizer, STEPS, 1)
     out["next_step"] = _full(model)
+
+    # gradient accumulation: the first micro-batch without synchronization over data_parallel
+    torch.manual_seed(0)
+    module = MLP()
+    model, optimizer = fabric.setup(module, torch.optim.SGD(module.parameters(), lr=0.1))
+    with fabric.no_backward_sync(model):
+        x, y = _mine(fabric, 0)
+        fabric.backward(nn.functional.mse_loss(model(x), y))
+    out["reduced_inside_no_sync"] = [p.grad is not None for p in model.parameters()]
+    x, y = _mine(fabric, 1)
+    fabric.backward(nn.functional.mse_loss(model(x), y))
+    optimizer.step()
+    out["accumulated"] = _full(model)
+
+    # collectives: the whole world by default (as Lightning), a mesh dimension by name
+    one = torch.tensor(1.0)
+    out["sums"] = {
+        str(group): fabric.all_reduce(one.clone(), group=group, reduce_op="sum").item()
+        for group in (None, "data_parallel", "tensor_parallel")
+    }
+    rank = torch.tensor(fabric.global_rank)
+    out["gathered"] = {
+        group: fabric.all_gather(fabric.all_gather(rank, group=group)).tolist()
+        for group in ("data_parallel", "tensor_parallel")
+    }
+    sampler = fabric.strategy.distributed_sampler_kwargs
+    assert sampler is not None
+    out["samplers"] = fabric.all_gather(
+        torch.tensor([sampler["num_replicas"], sampler["rank"]])
+    ).tolist()
     return out
 
 
@@ -159,6 +195,8 @@ def _train_tensor_parallel(fabric: Fabric) -> dict[str, Any]:
         _train(fabric, model, optimizer, 0, STEPS)
         out[name] = _full(model)
     out["sampler"] = fabric.strategy.distributed_sampler_kwargs
+    data = torch.utils.data.DataLoader(torch.arange(8), batch_size=2, shuffle=True)
+    out["batches"] = fabric.all_gather(torch.stack(list(fabric.setup_dataloaders(data)))).tolist()
     return out
 
 
@@ -219,8 +257,43 @@ def test_a_2x2_sharded_save_resumes_on_one_device(report: dict[str, Any]) -> Non
     assert _max_difference(_full(model), report["next_step"]) < 1e-6
 
 
+def test_no_backward_sync_under_tensor_parallel_x_fsdp_accumulates_as_one_big_batch(
+    report: dict[str, Any],
+) -> None:
+    torch.manual_seed(0)
+    model = MLP()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in (0, 1):
+        x, y = _batch(step)
+        nn.functional.mse_loss(model(x), y).backward()
+    optimizer.step()
+    assert _max_difference(report["accumulated"], _full(model)) < 1e-5
+    # the skipped reduction is what no_backward_sync is for (a no-op would give the same
+    # weights): inside the block no gradient was reduced over data_parallel yet
+    assert report["reduced_inside_no_sync"]
+    assert not any(report["reduced_inside_no_sync"])
+
+
+def test_collectives_span_the_world_by_default_and_a_mesh_dimension_by_name(
+    report: dict[str, Any],
+) -> None:
+    assert report["sums"] == {"None": 4, "data_parallel": 2, "tensor_parallel": 2}
+    # ranks 0, 1 form a tensor-parallel pair (one batch), ranks 0, 2 a data-parallel pair
+    assert report["gathered"]["tensor_parallel"] == [[0, 1], [0, 1], [2, 3], [2, 3]]
+    assert report["gathered"]["data_parallel"] == [[0, 2], [1, 3], [0, 2], [1, 3]]
+    assert report["samplers"] == [[2, 0], [2, 0], [2, 1], [2, 1]]
+
+
 def test_no_process_is_left_behind(report: dict[str, Any]) -> None:
     assert not multiprocessing.active_children()
+
+
+def test_the_two_ranks_of_a_tensor_parallel_group_see_the_same_batches(
+    tensor_parallel_report: dict[str, Any],
+) -> None:
+    mine, theirs = tensor_parallel_report["batches"]
+    assert mine == theirs  # the same (shuffled) batches, in the same order
+    assert sorted(i for batch in mine for i in batch) == list(range(8))
 
 
 @pytest.mark.parametrize("name", ["sgd", "adamw"])

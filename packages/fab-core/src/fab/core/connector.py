@@ -15,6 +15,7 @@ from fab.core import cli_settings, registry
 from fab.core.accelerators.accelerator import Accelerator
 from fab.core.environments.environment import ClusterEnvironment
 from fab.core.io.checkpoint_io import CheckpointIO
+from fab.core.launchers import check_interactive_compatible
 from fab.core.precision.precision import Precision
 from fab.core.precision_names import (
     CANONICAL_PRECISION,
@@ -71,6 +72,7 @@ def connect(
         )
     )
     strat.configure_launcher()
+    check_interactive_compatible(strat.launcher, strategy)
     return strat
 
 

@@ -21,8 +21,10 @@ from torch.utils.data import DataLoader
 from fab.core import cli_settings, registry
 from fab.core.accelerators.accelerator import Accelerator
 from fab.core.connector import AcceleratorArg, PluginArg, PrecisionArg, StrategyArg, connect
+from fab.core.launchers import at_process_end
 from fab.core.loggers.logger import Logger, metrics_to_numbers
 from fab.core.optimizer_pairs import pair
+from fab.core.strategies.direct_calls import backward_is_direct, optimizer_step_is_direct
 from fab.core.strategies.strategy import ReduceOp, StateFilter, Strategy, check_state_filter
 from fab.core.utilities.apply_func import apply_to_tensors
 from fab.core.utilities.rank_zero import rank_zero_only, rank_zero_warn
@@ -77,6 +79,9 @@ class Fabric:
         self._callbacks = _as_list(callbacks) + _entry_point_callbacks()
         self._loggers = [_resolve_logger(lg) for lg in _as_list(loggers)]
         self._launched = False
+        # Whether fabric.backward may call tensor.backward directly (strategies/direct_calls.py):
+        # decided when a model is set up, so a strategy or precision changed before then counts.
+        self._direct_backward = False
         if cli_settings.started_by_fab_run():
             # `fab run` (torchrun) started every process: set this one up now, as Lightning's
             # Fabric does under `fabric run`, so the script needs no launch() (one is harmless).
@@ -161,8 +166,10 @@ class Fabric:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
-        """Prepare this process, then call ``function(self, *args, **kwargs)``."""
+        """Prepare this process, then call ``function(self, *args, **kwargs)``. The strategy's
+        ``teardown`` runs when this process ends (``at_process_end``)."""
         self._strategy.setup_environment()
+        at_process_end(self._strategy.teardown)
         self._launched = True
         rank_zero_only.rank = self.global_rank  # type: ignore[attr-defined]
         return function(self, *args, **kwargs) if function is not None else None
@@ -208,11 +215,10 @@ class Fabric:
             self._check_setup_optimizer(optimizer)
         original, compiled_with = unwrap_compiled(module) if _reapply_compile else (module, None)
         done = self._strategy.setup(original, list(optimizers), move_to_device)
+        self._direct_backward = backward_is_direct(self._strategy)
         forward_module = rewrap_compiled(done.forward_module, compiled_with)
         wrapped = FabricModule(forward_module, self._strategy, original_module=done.module)
-        fabric_optimizers = [
-            FabricOptimizer(o, self._strategy, self._callbacks) for o in done.optimizers
-        ]
+        fabric_optimizers = [self._wrap_optimizer(o) for o in done.optimizers]
         pair(done.module, done.optimizers)
         self.call("on_after_setup", fabric=self, module=wrapped)
         if not fabric_optimizers:
@@ -230,6 +236,7 @@ class Fabric:
         self._check_setup_module(module)
         original, compiled_with = unwrap_compiled(module) if _reapply_compile else (module, None)
         done = self._strategy.setup(original, [], move_to_device)
+        self._direct_backward = backward_is_direct(self._strategy)
         forward_module = rewrap_compiled(done.forward_module, compiled_with)
         return FabricModule(forward_module, self._strategy, original_module=done.module)
 
@@ -239,10 +246,7 @@ class Fabric:
             raise ValueError("setup_optimizers needs at least one optimizer")
         for optimizer in optimizers:
             self._check_setup_optimizer(optimizer)
-        wrapped = [
-            FabricOptimizer(self._strategy.setup_optimizer(o), self._strategy, self._callbacks)
-            for o in optimizers
-        ]
+        wrapped = [self._wrap_optimizer(self._strategy.setup_optimizer(o)) for o in optimizers]
         return wrapped[0] if len(wrapped) == 1 else tuple(wrapped)
 
     def setup_dataloaders(
@@ -268,6 +272,10 @@ class Fabric:
             wrapped.append(FabricDataLoader(processed, self._strategy, device))
         return wrapped[0] if len(wrapped) == 1 else tuple(wrapped)
 
+    def _wrap_optimizer(self, optimizer: Optimizer) -> FabricOptimizer:
+        direct = optimizer_step_is_direct(self._strategy)
+        return FabricOptimizer(optimizer, self._strategy, self._callbacks, direct_step=direct)
+
     def _check_setup_module(self, module: Module) -> None:
         if is_wrapped(module):
             raise ValueError(
@@ -288,9 +296,12 @@ class Fabric:
         self, tensor: Tensor, *args: Any, model: FabricModule | None = None, **kwargs: Any
     ) -> None:
         """``tensor.backward()`` the way the precision and strategy need it (loss scaling, ...)."""
-        module = unwrap(model) if model is not None else None
         with fabric_backward():
-            self._strategy.backward(tensor, module, *args, **kwargs)
+            if self._direct_backward:  # what strategy.backward would do, without its calls
+                tensor.backward(*args, **kwargs)  # type: ignore[no-untyped-call]
+            else:
+                module = unwrap(model) if model is not None else None
+                self._strategy.backward(tensor, module, *args, **kwargs)
 
     def clip_gradients(
         self,

@@ -8,11 +8,13 @@ defaults to ``"auto"`` and is settled at the first moment it can be known for su
 
 1. An explicit device wins: ``MixedPrecision("bf16-mixed", device="cuda")``, or
    ``precision.device = "cuda"`` set (by a user or a strategy) before the first forward.
-2. Otherwise the first forward of a wrapped model settles it, from the first tensor among its
-   inputs. The inputs are on the device the forward computes on, also when a strategy keeps the
-   parameters elsewhere (CPU offloading), so this is the device autocast must act on.
-3. Until then (``fabric.autocast()`` before any forward, or forwards without tensor inputs),
-   autocast uses ``"cuda"`` when CUDA is available and ``"cpu"`` otherwise, without settling it.
+2. Otherwise the strategy settles it when it sets the first model up: it calls
+   ``connect(PrecisionContext(device=...))`` with the device this process computes on (its
+   ``root_device``, also when it keeps the parameters elsewhere, as CPU offloading does).
+3. Otherwise (a wrapped model that no strategy set up) the first forward of a wrapped model
+   settles it, from the first tensor among its inputs.
+4. Until then (``fabric.autocast()`` before any set-up and forward), autocast uses ``"cuda"``
+   when CUDA is available and ``"cpu"`` otherwise, without settling it.
 
 After it is settled, ``precision.device`` holds the device type.
 
@@ -39,7 +41,7 @@ from torch.amp import GradScaler
 from torch.nn import Module
 from torch.optim import LBFGS, Optimizer
 
-from fab.core.precision import Precision
+from fab.core.precision import Precision, PrecisionContext
 from fab.core.utilities import apply_to_tensors
 from fab.precision._utils import FLOAT_CASTS, convert_floating
 
@@ -97,6 +99,15 @@ class MixedPrecision(Precision):
             scaler = GradScaler(device if device != AUTO else _fallback_device())
         self.scaler: GradScaler | None = scaler
         self._autocast: _ReusableAutocast | None = None
+
+    # -- the run ----------------------------------------------------------------------------
+
+    def connect(self, context: PrecisionContext) -> None:
+        """Settle the device autocast acts on to the type of the device the strategy computes on,
+        unless a device was given (see the module's documentation)."""
+        if self.device == AUTO:
+            _check_autocast_device(context.device.type)
+            self.device = context.device.type
 
     # -- forward ----------------------------------------------------------------------------
 

@@ -7,7 +7,6 @@ Registered as ``ddp`` (the script re-run for every rank: "popen"), ``ddp_spawn``
 
 from __future__ import annotations
 
-import atexit
 import os
 import sys
 import warnings
@@ -21,7 +20,6 @@ import torch
 import torch.distributed as dist
 from torch.nn import Module
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 
 from fab.core.accelerators.accelerator import Accelerator
 from fab.core.environments import ClusterEnvironment
@@ -29,7 +27,7 @@ from fab.core.io.checkpoint_io import CheckpointIO
 from fab.core.precision.precision import Precision
 from fab.core.utilities.rank_zero import rank_zero_only
 from fab.lazy import require_initialized
-from fab.strategies.dataloaders import shard_dataloader
+from fab.strategies.launchers._launch_plan import global_rank_of, world_size_of
 from fab.strategies.launchers._lifecycle import (
     destroy_process_group_cleanly,
     track_uncaught_exceptions,
@@ -119,8 +117,8 @@ class DDPStrategy(ParallelStrategy):
 
     def setup_environment(self) -> None:
         env = self.cluster_environment
-        env.set_global_rank(self.node_rank * self.num_processes + self.local_rank)
-        env.set_world_size(self.num_nodes * self.num_processes)
+        env.set_global_rank(global_rank_of(self.node_rank, self.num_processes, self.local_rank))
+        env.set_world_size(world_size_of(self.num_processes, self.num_nodes))
         super().setup_environment()
         rank_zero_only.rank = self.global_rank  # type: ignore[attr-defined]
         _share_cpu_threads(self.root_device, self.num_processes)
@@ -139,12 +137,14 @@ class DDPStrategy(ParallelStrategy):
             world_size=self.world_size,
             **kwargs,
         )
-        # A gloo group that is never destroyed makes some processes abort at exit.
+        # A failure is told apart from a clean end when the group is destroyed (teardown).
         track_uncaught_exceptions()
-        atexit.register(destroy_process_group_cleanly)
 
     def teardown(self) -> None:
-        _destroy_process_group()
+        """Destroy the process group (after a clean run, once every rank got here: a gloo group
+        left to the interpreter's exit makes some processes abort), then release the cluster
+        environment and the plugins. ``Fabric`` calls it when the process ends."""
+        destroy_process_group_cleanly()
         self.cluster_environment.teardown()
         super().teardown()
 
@@ -168,19 +168,6 @@ class DDPStrategy(ParallelStrategy):
             )
         return _no_sync(module)
 
-    def process_dataloader(
-        self, dataloader: DataLoader[Any], use_distributed_sampler: bool = True
-    ) -> DataLoader[Any]:
-        """With ``use_distributed_sampler``, re-create the loader so that this rank iterates its
-        share: a DistributedSampler for the default samplers, the user's own sampler or batch
-        sampler sharded otherwise (see :mod:`fab.strategies.dataloaders`)."""
-        return shard_dataloader(
-            dataloader,
-            num_replicas=self.world_size,
-            rank=self.global_rank,
-            use_distributed_sampler=use_distributed_sampler,
-        )
-
 
 @contextmanager
 def _no_sync(module: DistributedDataParallel) -> Generator[None, None, None]:
@@ -195,11 +182,6 @@ def _share_cpu_threads(device: torch.device, processes_per_node: int) -> None:
     if device.type != "cpu" or processes_per_node <= 1 or os.environ.get("OMP_NUM_THREADS"):
         return
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // processes_per_node))
-
-
-def _destroy_process_group() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 # -- registered factories ----------------------------------------------------------------------

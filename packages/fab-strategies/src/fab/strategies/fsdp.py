@@ -49,8 +49,8 @@ class FSDPStrategy(ShardedStrategy):
         cpu_offload: keep the parameters, gradients and optimizer state in CPU memory between uses
             (``True``, or torch's ``CPUOffloadPolicy``); on the CPU accelerator nothing moves.
         mixed_precision: torch's ``MixedPrecisionPolicy``; by default the precision plugin
-            decides (``"bf16-mixed"``/``"16-mixed"``: parameters gathered in that dtype,
-            gradients reduced in float32).
+            decides when it is connected (``"bf16-mixed"``/``"16-mixed"``: parameters gathered
+            in that dtype, gradients reduced in float32; see :func:`mixed_precision_policy`).
         auto_wrap_policy: which submodules are sharded as a unit of their own (a set of module
             classes, such as ``{Block}``, or a function ``module -> bool``); the root always is.
         activation_checkpointing_policy: which submodules recompute their activations in backward
@@ -104,6 +104,8 @@ class FSDPStrategy(ShardedStrategy):
         self._state_dict_type = _state_dict_type(state_dict_type)
         self.cpu_offload = cpu_offload
         self.mixed_precision = mixed_precision
+        #: The policy ``fully_shard`` gets, settled by ``connect_precision``.
+        self._mp_policy: Any | None = None
         self._wrap = _policy(auto_wrap_policy, "auto_wrap_policy")
         if activation_checkpointing is not None and activation_checkpointing_policy is not None:
             raise ValueError(
@@ -167,6 +169,23 @@ class FSDPStrategy(ShardedStrategy):
 
     # -- models ---------------------------------------------------------------------------------
 
+    def connect_precision(self) -> None:
+        """Connect the precision (it learns this process's device), then settle the
+        ``MixedPrecisionPolicy`` every ``fully_shard`` call gets: the ``mixed_precision`` given,
+        else the precision's (:func:`mixed_precision_policy`). ``setup`` calls it before each
+        model (the precision itself is connected once; a precision set on the strategy
+        afterwards is connected again)."""
+        super().connect_precision()
+        policy = self.mixed_precision
+        self._mp_policy = policy if policy is not None else mixed_precision_policy(self.precision)
+
+    @property
+    def mp_policy(self) -> Any | None:
+        """The ``MixedPrecisionPolicy`` the model's ``fully_shard`` calls get (None: torch's
+        default, the parameters' own dtype); settled when the precision is connected."""
+        self.connect_precision()
+        return self._mp_policy
+
     def parallelize(self, module: Module) -> Module:
         """Activation checkpointing on the submodules its policy picks, then ``fully_shard`` on
         the submodules the wrap policy picks (children first) and on the root."""
@@ -190,7 +209,7 @@ class FSDPStrategy(ShardedStrategy):
             "mesh": self.device_mesh,
             "reshard_after_forward": self.sharding_strategy in ("FULL_SHARD", "HYBRID_SHARD"),
         }
-        policy = self.mixed_precision or mixed_precision_policy(self.precision)
+        policy = self.mp_policy
         if policy is not None:
             kwargs["mp_policy"] = policy
         if self.cpu_offload is True:
@@ -202,9 +221,14 @@ class FSDPStrategy(ShardedStrategy):
 
 
 def mixed_precision_policy(precision: Precision) -> Any | None:
-    """FSDP2's ``MixedPrecisionPolicy`` for a precision plugin: the mixed precisions gather
-    parameters in their dtype and reduce gradients in float32 (the plugin's autocast stays
-    active); the others need none (``*-true`` converted the model already)."""
+    """FSDP2's ``MixedPrecisionPolicy`` for a precision plugin, by its name
+    (``precision.precision``), the one place where fab maps one to the other: ``"bf16-mixed"`` and
+    ``"16-mixed"`` (fab's and any third party's of that name) gather the parameters in their
+    half dtype for forward and backward and reduce the gradients in float32, while the sharded
+    parameters and the optimizer stay float32 (the plugin's autocast stays active too); every
+    other precision needs none (``*-true`` converted the model already; a third-party precision
+    of another name keeps the parameters' dtype). Give ``FSDPStrategy(mixed_precision=...)``
+    to choose another policy."""
     from torch.distributed.fsdp import MixedPrecisionPolicy
 
     dtypes = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}

@@ -79,6 +79,21 @@ class Layout:
                 rank = rank * size + where[name]
         return rank
 
+    def dimensions_of(self, name: str) -> tuple[int, ...]:
+        """The indexes of the dimensions a collective over ``name`` spans: the dimension of that
+        name; for ``"data_parallel"`` in a layout that splits data parallelism in two (hybrid
+        FSDP: ``data_parallel_replicate`` x ``data_parallel_shard``), both of them: the
+        processes that take different batches."""
+        if name in self.names:
+            return (self.names.index(name),)
+        if name == DATA_PARALLEL:
+            return tuple(i for i, n in enumerate(self.names) if n in DATA_DIMENSIONS)
+        accepted = sorted({*self.names, DATA_PARALLEL})
+        raise ValueError(
+            f"group={name!r} is not a dimension of this run's layout {dict(self.dimensions)}; "
+            f"accepted names: {', '.join(repr(n) for n in accepted)}, or a ProcessGroup"
+        )
+
     def check_world_size(self, world_size: int) -> None:
         if self.world_size != world_size:
             raise ValueError(

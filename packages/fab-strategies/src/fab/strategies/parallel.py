@@ -13,12 +13,14 @@ from torch import Tensor
 from torch.nn import Module
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim import Optimizer
+from torch.utils.data import DataLoader
 
 from fab.core.accelerators.accelerator import Accelerator
 from fab.core.environments import ClusterEnvironment
 from fab.core.io.checkpoint_io import CheckpointIO
 from fab.core.precision.precision import Precision
 from fab.core.strategies.strategy import ReduceOp, StateFilter, Strategy, StrategyContext
+from fab.strategies.dataloaders import shard_dataloader
 from fab.strategies.environments.detect import detect_environment
 from fab.strategies.layout import DATA_PARALLEL, Layout
 from fab.wrappers import unwrap_compiled
@@ -114,12 +116,31 @@ class ParallelStrategy(Strategy):
     def distributed_sampler_kwargs(self) -> dict[str, Any] | None:
         """How many different batches a step sees (``num_replicas``) and which one is this
         process's (``rank``), as the layout says: the world size and global rank under DDP,
-        the data-parallel degree and rank under tensor parallel."""
+        the data-parallel degree and rank under tensor parallel. ``process_dataloader`` shards
+        the data by it."""
         layout = self.layout
         return {
             "num_replicas": layout.data_parallel_size,
             "rank": layout.data_parallel_rank(self.global_rank),
         }
+
+    def process_dataloader(
+        self, dataloader: DataLoader[Any], use_distributed_sampler: bool = True
+    ) -> DataLoader[Any]:
+        """With ``use_distributed_sampler``, re-create the loader so that this process iterates
+        its share, as ``distributed_sampler_kwargs`` says: a DistributedSampler for the default
+        samplers, the user's own sampler or batch sampler sharded otherwise (see
+        :mod:`fab.strategies.dataloaders`). The processes that hold parts of one model replica
+        (tensor parallel) take the same share."""
+        kwargs = self.distributed_sampler_kwargs
+        if kwargs is None:  # a subclass whose processes all take the whole data
+            return dataloader
+        return shard_dataloader(
+            dataloader,
+            num_replicas=kwargs["num_replicas"],
+            rank=kwargs["rank"],
+            use_distributed_sampler=use_distributed_sampler,
+        )
 
     # -- collectives ----------------------------------------------------------------------------
 
@@ -127,9 +148,38 @@ class ParallelStrategy(Strategy):
     def _distributed() -> bool:
         return dist.is_available() and dist.is_initialized()
 
+    def process_group(self, name: str) -> Any:
+        """The process group of the layout's dimension ``name`` (``"data_parallel"``,
+        ``"tensor_parallel"``, ...) that this process belongs to: a collective given
+        ``group=name`` runs over it. ``"data_parallel"`` names every process that takes its own
+        batch. Here, with one dimension (DDP), that is the whole world; strategies with a device
+        mesh return the mesh's group. A name the layout does not have raises ``ValueError``
+        listing the accepted ones."""
+        layout = self.layout
+        dims = layout.dimensions_of(name)
+        if len(dims) == len(layout.names):
+            return dist.group.WORLD
+        raise ValueError(
+            f"group={name!r} is part of the layout {dict(layout.dimensions)}, and "
+            f"{type(self).__name__} has no device mesh to take its group from; pass a ProcessGroup"
+        )
+
+    def _group(self, group: Any | None) -> Any | None:
+        """A layout dimension's name as its process group; anything else as it is."""
+        if not isinstance(group, str):
+            return group
+        if not self._distributed():  # one process: nothing to exchange; the name is checked
+            self.layout.dimensions_of(group)
+            return None
+        return self.process_group(group)
+
     def all_gather(
         self, tensor: Tensor, group: Any | None = None, sync_grads: bool = False
     ) -> Tensor:
+        """Every process's ``tensor``, stacked along a new first dimension, over the whole world
+        by default (as Lightning); ``group`` may be a ProcessGroup or name a layout dimension
+        (``"data_parallel"``, see ``process_group``)."""
+        group = self._group(group)
         if not self._distributed():  # one process: the tensor itself, as on single_device
             return tensor
         group = group if group is not None else dist.group.WORLD
@@ -151,8 +201,14 @@ class ParallelStrategy(Strategy):
     def all_reduce(
         self, tensor: Tensor, group: Any | None = None, reduce_op: ReduceOp = "mean"
     ) -> Tensor:
+        """Reduce ``tensor`` over the whole world by default (as Lightning: a mean over every
+        process; under tensor parallel the processes of one group hold the same loss, so that
+        mean is the data-parallel one); ``group`` may be a ProcessGroup or name a layout
+        dimension: ``fabric.all_reduce(rows, group="data_parallel", reduce_op="sum")`` counts
+        each batch once."""
         if reduce_op not in ("mean", "sum", "max", "min"):
             raise ValueError(f"reduce_op={reduce_op!r}; accepted: 'mean', 'sum', 'max', 'min'")
+        group = self._group(group)
         if not self._distributed():
             return tensor
         group = group if group is not None else dist.group.WORLD

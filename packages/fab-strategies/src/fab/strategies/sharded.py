@@ -27,7 +27,6 @@ import torch
 from torch import Tensor
 from torch.nn import Module
 from torch.optim import Optimizer
-from torch.utils.data import DataLoader
 
 from fab.core.accelerators.accelerator import Accelerator
 from fab.core.environments import ClusterEnvironment
@@ -41,7 +40,6 @@ from fab.core.strategies.strategy import (
 )
 from fab.lazy import has_meta, require_initialized
 from fab.strategies import sharded_checkpoint
-from fab.strategies.dataloaders import shard_dataloader
 from fab.strategies.ddp import DEFAULT_TIMEOUT, DDPStrategy, StartMethod
 from fab.strategies.layout import Layout
 from fab.strategies.parallel import ParallelStrategy
@@ -143,16 +141,21 @@ class ShardedStrategy(ParallelStrategy):
             self._mesh = self.layout.build_mesh(self.root_device.type)
         return self._mesh
 
-    def process_dataloader(
-        self, dataloader: DataLoader[Any], use_distributed_sampler: bool = True
-    ) -> DataLoader[Any]:
-        """Each data-parallel rank takes its share of the data; the ranks that hold parts of one
-        model replica (tensor parallel) take the same share."""
-        return shard_dataloader(
-            dataloader,
-            num_replicas=self.layout.data_parallel_size,
-            rank=self.layout.data_parallel_rank(self.global_rank),
-            use_distributed_sampler=use_distributed_sampler,
+    def process_group(self, name: str) -> Any:
+        """As ``ParallelStrategy.process_group``, from the device mesh: the group of this
+        process along the named dimension (``"data_parallel"`` also spans both data dimensions
+        of hybrid FSDP). Collective on first use (it may build the device mesh): call it on every
+        process."""
+        layout = self.layout
+        dims = layout.dimensions_of(name)
+        if len(dims) == len(layout.names):
+            return super().process_group(name)
+        if len(dims) == 1:
+            return self.device_mesh.get_group(dims[0])
+        raise ValueError(  # no layout of fab's has this today
+            f"group={name!r} spans the dimensions {[layout.names[d] for d in dims]} of "
+            f"{dict(layout.dimensions)}, which form no single group of the device mesh; "
+            "pass a ProcessGroup"
         )
 
     # -- models ---------------------------------------------------------------------------------
@@ -185,7 +188,8 @@ class ShardedStrategy(ParallelStrategy):
     def setup(
         self, module: Module, optimizers: list[Optimizer], move_to_device: bool = True
     ) -> ModelSetup:
-        """The order torch needs: the precision converts the model; what is real moves to this
+        """The order torch needs: the precision learns this process's device
+        (``connect_precision``, once) and converts the model; what is real moves to this
         process's device (meta tensors wait); ``setup_module`` parallelizes it and allocates each
         rank's shards; the optimizers, which were built on the model's parameters before
         sharding, are pointed at the sharded parameters (by parameter name)."""
@@ -205,6 +209,7 @@ class ShardedStrategy(ParallelStrategy):
                     "tensors that are not parameters of the model given to setup; build it "
                     "from model.parameters()"
                 )
+        self.connect_precision()
         module = self.precision.convert_module(module)
         if move_to_device:
             self.module_to_device(module)

@@ -34,12 +34,15 @@ class FabricOptimizer(_OptimizerBase):
     _optimizer: Optimizer
     _strategy: StrategyLike
     _callbacks: Sequence[Any]
+    _direct_step: bool = False  # (for wrappers unpickled from before it existed)
 
     def __init__(
         self,
         optimizer: Optimizer,
         strategy: StrategyLike,
         callbacks: Sequence[Any] | None = None,
+        *,
+        direct_step: bool = False,
     ) -> None:
         if isinstance(optimizer, FabricOptimizer):
             raise TypeError("this optimizer is already set up by Fabric; set up the original once")
@@ -50,6 +53,9 @@ class FabricOptimizer(_OptimizerBase):
         self.__dict__["_strategy"] = strategy
         # Fabric's callbacks: their `on_after_optimizer_step` runs after every step (Lightning's)
         self.__dict__["_callbacks"] = callbacks if callbacks is not None else ()
+        # The strategy's optimizer_step would only call optimizer.step (Fabric checks that, see
+        # fab.core.strategies.direct_calls): step() calls it directly, a few calls fewer a step.
+        self.__dict__["_direct_step"] = direct_step
 
     @property
     def optimizer(self) -> Optimizer:
@@ -59,7 +65,10 @@ class FabricOptimizer(_OptimizerBase):
     # -- what goes through the strategy ---------------------------------------------------------
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        if closure is None:  # the common case, without building and unpacking a kwargs dict
+        if self._direct_step:  # looked up now: a scheduler may have wrapped the optimizer's step
+            optimizer = self._optimizer
+            output = optimizer.step() if closure is None else optimizer.step(closure=closure)
+        elif closure is None:  # the common case, without building and unpacking a kwargs dict
             output = self._strategy.optimizer_step(self._optimizer)
         else:
             output = self._strategy.optimizer_step(self._optimizer, closure=closure)

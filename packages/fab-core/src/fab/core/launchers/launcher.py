@@ -21,7 +21,9 @@ class Launcher(ABC):
     @property
     @abstractmethod
     def is_interactive_compatible(self) -> bool:
-        """Whether it works in a notebook or a REPL (forking does; re-running a script does not)."""
+        """Whether it works in a notebook or a REPL (forking does; re-running a script or
+        spawning does not). In an interactive session, ``Fabric(...)`` refuses a launcher that
+        does not, with Lightning Fabric's error (:func:`check_interactive_compatible`)."""
 
     @property
     def requires_function(self) -> bool:

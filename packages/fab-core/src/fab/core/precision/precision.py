@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,6 +19,14 @@ _FORWARD_HOOKS = ("forward_context", "convert_input", "convert_output")
 _BACKWARD_HOOKS = ("pre_backward", "backward", "post_backward")
 
 
+@dataclass(frozen=True)
+class PrecisionContext:
+    """What a strategy tells its precision in :meth:`Precision.connect`."""
+
+    #: The device this process computes on (the strategy's ``root_device``).
+    device: torch.device
+
+
 class Precision:
     """How tensors, modules and steps are typed: 32-bit floats, doing nothing extra.
 
@@ -28,6 +37,18 @@ class Precision:
 
     #: The canonical name users pass as ``Fabric(precision=...)``.
     precision: str = "32-true"
+
+    # -- the run ---------------------------------------------------------------------------
+
+    def connect(self, context: PrecisionContext) -> None:
+        """Learn where this process computes. The strategy calls it once, before it sets the
+        first model up (``Strategy.connect_precision``): after ``launch``, so ``context.device``
+        is this process's own device in every process, spawned ones included. Nothing to learn
+        here; a precision that needs the device (autocast's device type) overrides it. A
+        precision that does not override it keeps working unchanged.
+
+        A sharding strategy may read the connected precision for what it must know (FSDP's
+        ``MixedPrecisionPolicy``, see ``fab.strategies.fsdp.mixed_precision_policy``)."""
 
     # -- models and tensors ----------------------------------------------------------------
 

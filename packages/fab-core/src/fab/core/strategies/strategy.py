@@ -20,7 +20,7 @@ from fab.core.accelerators.accelerator import Accelerator
 from fab.core.environments.environment import ClusterEnvironment
 from fab.core.io.checkpoint_io import CheckpointIO
 from fab.core.launchers.launcher import Launcher
-from fab.core.precision.precision import Precision
+from fab.core.precision.precision import Precision, PrecisionContext
 from fab.core.utilities.apply_func import move_data_to_device
 
 ReduceOp = Literal["mean", "sum", "max", "min"]
@@ -72,6 +72,8 @@ class Strategy(ABC):
         self._accelerator = accelerator
         self._checkpoint_io = checkpoint_io
         self._precision = precision
+        #: Whether ``connect_precision`` ran for the current precision.
+        self._precision_connected = False
         self._launcher: Launcher | None = None
 
     # -- plugins -------------------------------------------------------------------------------
@@ -105,6 +107,7 @@ class Strategy(ABC):
     @precision.setter
     def precision(self, precision: Precision) -> None:
         self._precision = precision
+        self._precision_connected = False
 
     @property
     def launcher(self) -> Launcher | None:
@@ -163,6 +166,16 @@ class Strategy(ABC):
         if self._checkpoint_io is None and context.checkpoint_io is not None:
             self._checkpoint_io = context.checkpoint_io
 
+    def connect_precision(self) -> None:
+        """Tell the precision where this process computes (``Precision.connect``), once: ``setup``
+        calls it before it sets the first model up, when this process's device is known (after
+        ``launch``). A strategy that needs something from the connected precision (FSDP: its
+        ``MixedPrecisionPolicy``) overrides it and calls ``super().connect_precision()`` first."""
+        if self._precision_connected:
+            return
+        self.precision.connect(PrecisionContext(device=self.root_device))
+        self._precision_connected = True
+
     @property
     def launch_required(self) -> bool:
         """Whether ``Fabric.launch()`` must come before setting up models, data and collectives:
@@ -178,7 +191,11 @@ class Strategy(ABC):
             self.accelerator.setup_device(self.root_device)
 
     def teardown(self) -> None:
-        """Undo ``setup_environment`` (destroy process groups, release devices)."""
+        """Undo ``setup_environment`` (destroy process groups, release devices and plugins).
+
+        ``Fabric.launch`` arranges for it to run once when the process ends (at exit, or when a
+        spawned or forked process's function returns; :func:`fab.core.launchers.at_process_end`),
+        so an override runs too; call the base's from it."""
         self.precision.teardown()
         if self.accelerator is not None:
             self.accelerator.teardown()
@@ -197,7 +214,9 @@ class Strategy(ABC):
         (``materialize_module``) and the model moves to this process's device
         (``module_to_device``); ``setup_module`` wraps it; ``setup_optimizer`` takes each
         optimizer. A sharding strategy overrides the whole method, in the order torch needs
-        (parallelize on meta, allocate the shards, then point the optimizers at them)."""
+        (parallelize on meta, allocate the shards, then point the optimizers at them). Before
+        anything, the precision learns this process's device (``connect_precision``)."""
+        self.connect_precision()
         module = self.precision.convert_module(module)
         if move_to_device:
             self.materialize_module(module)

@@ -11,7 +11,6 @@ import signal
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -23,10 +22,9 @@ from torch.multiprocessing.spawn import (
 )
 
 from fab.core.environments import ClusterEnvironment
-from fab.core.launchers import Launcher
-from fab.core.utilities.network import ensure_port_free
-from fab.strategies.environments.fab import FabEnvironment
-from fab.strategies.launchers._lifecycle import destroy_process_group_cleanly, die_with_parent
+from fab.core.launchers import Launcher, run_process_end_callbacks
+from fab.strategies.launchers._launch_plan import LaunchPlan
+from fab.strategies.launchers._lifecycle import die_with_parent
 
 StartMethod = Literal["spawn", "fork", "forkserver"]
 #: What each process runs: ``(function, args, kwargs)``, pickled unless the processes are forked.
@@ -39,24 +37,18 @@ class LaunchError(RuntimeError):
     """A process of the run failed; the message holds its rank and traceback."""
 
 
-@dataclass(frozen=True)
-class _LaunchInfo:
-    main_address: str
-    main_port: int
-    world_size: int
-    node_rank: int
-    num_processes: int
-
-
 class MultiProcessingLauncher(Launcher):
     """Start ``num_processes`` processes on this node with ``torch.multiprocessing``.
 
     Each process gets fab's variables (``FAB_LAUNCHED``, ``MASTER_ADDR``, ``MASTER_PORT``,
-    ``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``NODE_RANK``) from
-    :meth:`FabEnvironment.launch_variables` before the function runs. Rank 0's return value comes
-    back to the caller. When a process fails, the others are stopped within
-    ``FAILURE_GRACE_SECONDS`` (SIGTERM, then SIGKILL) and :class:`LaunchError` is raised with the
-    failing rank's traceback. On a timeout or a KeyboardInterrupt every process is killed.
+    ``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``NODE_RANK``) from the node's
+    :class:`~fab.strategies.launchers._launch_plan.LaunchPlan` before the function runs; when it
+    returns, what was registered with :func:`fab.core.launchers.at_process_end` in that process
+    runs (``Fabric`` registers the strategy's ``teardown``, which destroys the process group).
+    Rank 0's return value comes back to the caller. When a process fails, the others are
+    stopped within ``FAILURE_GRACE_SECONDS`` (SIGTERM, then SIGKILL) and :class:`LaunchError` is
+    raised with the failing rank's traceback. On a timeout or a KeyboardInterrupt every process
+    is killed.
 
     Every process gets its own copy of the function and its arguments (a model given to
     ``launch`` included), never memory shared with the others. With ``spawn`` they are pickled:
@@ -88,6 +80,8 @@ class MultiProcessingLauncher(Launcher):
 
     @property
     def is_interactive_compatible(self) -> bool:
+        """Only ``fork``: ``spawn`` pickles the function by its module's name, which a notebook's
+        ``__main__`` cannot give to a new interpreter."""
         return self.start_method == "fork"
 
     @property
@@ -104,26 +98,14 @@ class MultiProcessingLauncher(Launcher):
             # tensors move into memory shared by every process: each rank's optimizer step would
             # then be applied to one model, once per rank.
             work = _pickle_work(function, args, kwargs)
-        env = self.cluster_environment
-        if env.node_rank() == 0:
-            ensure_port_free(
-                env.main_address,
-                env.main_port,
-                hint="Set MASTER_PORT to a free port, or unset it and fab picks a free one.",
-            )
-        info = _LaunchInfo(
-            main_address=env.main_address,
-            main_port=env.main_port,
-            world_size=self.num_processes * self.num_nodes,
-            node_rank=env.node_rank(),
-            num_processes=self.num_processes,
-        )
+        plan = LaunchPlan.for_node(self.cluster_environment, self.num_processes, self.num_nodes)
+        plan.check_port_free()
         context = mp.get_context(self.start_method)
         return_queue = context.SimpleQueue()
         error_queue = context.SimpleQueue()
         processes = start_processes(  # type: ignore[no-untyped-call]
             _run_rank,
-            args=(work, info, return_queue, error_queue),
+            args=(work, plan, return_queue, error_queue),
             nprocs=self.num_processes,
             join=False,
             start_method=self.start_method,
@@ -179,23 +161,14 @@ def _failure_message(err: Exception, errors: list[tuple[float, int, str]]) -> st
 def _run_rank(
     local_rank: int,
     work: _Work,
-    info: _LaunchInfo,
+    plan: LaunchPlan,
     return_queue: Any,
     error_queue: Any,
 ) -> None:
     """The body of each started process: set its variables, run, send rank 0's result back."""
     die_with_parent()  # a launcher killed outright leaves no worker behind
-    global_rank = info.node_rank * info.num_processes + local_rank
-    os.environ.update(
-        FabEnvironment.launch_variables(
-            main_address=info.main_address,
-            main_port=info.main_port,
-            world_size=info.world_size,
-            global_rank=global_rank,
-            local_rank=local_rank,
-            node_rank=info.node_rank,
-        )
-    )
+    global_rank = plan.global_rank(local_rank)
+    os.environ.update(plan.variables(local_rank))
     try:
         # Unpickled after the variables are set: unpickling may initialize a device.
         function, args, kwargs = _unpickle_work(work)
@@ -214,9 +187,10 @@ def _run_rank(
     except BaseException:
         error_queue.put((time.time(), global_rank, traceback.format_exc()))
         raise
-    # A multiprocessing child leaves through os._exit, which skips atexit handlers: destroy the
-    # process group here, or gloo aborts some processes at exit (SIGABRT) after the work is done.
-    destroy_process_group_cleanly()
+    # A multiprocessing child leaves through os._exit, which skips atexit handlers: end the
+    # process here (the strategy's teardown destroys the process group), or gloo aborts some
+    # processes at exit (SIGABRT) after the work is done.
+    run_process_end_callbacks()
 
 
 def _pickle_work(function: Callable[..., Any], args: Any, kwargs: Any) -> bytes:

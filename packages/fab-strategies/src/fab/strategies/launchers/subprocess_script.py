@@ -29,8 +29,7 @@ from typing import Any
 import __main__
 from fab.core.environments import ClusterEnvironment
 from fab.core.launchers import LAUNCHER_PID_ENV, Launcher
-from fab.core.utilities.network import ensure_port_free
-from fab.strategies.environments.fab import FabEnvironment
+from fab.strategies.launchers._launch_plan import LaunchPlan
 from fab.strategies.launchers._lifecycle import (
     describe_exit,
     die_with_parent,
@@ -74,6 +73,7 @@ class SubprocessScriptLauncher(Launcher):
 
     @property
     def is_interactive_compatible(self) -> bool:
+        """False: an interactive session has no script to run again (see :func:`rerun_command`)."""
         return False
 
     def launch(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -83,7 +83,6 @@ class SubprocessScriptLauncher(Launcher):
 
     def _start_workers(self) -> _Workers:
         command = rerun_command()
-        env = self.cluster_environment
         if self.num_nodes > 1:
             missing = [v for v in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK") if not os.getenv(v)]
             if missing:
@@ -93,26 +92,14 @@ class SubprocessScriptLauncher(Launcher):
                     "the run with `fab run --num-nodes ... --node-rank ... --main-address ...`, "
                     "torchrun or your scheduler"
                 )
-        main_address, main_port, node_rank = env.main_address, env.main_port, env.node_rank()
-        if node_rank == 0:
-            ensure_port_free(
-                main_address,
-                main_port,
-                hint="Set MASTER_PORT to a free port, or unset it and fab picks a free one.",
-            )
+        plan = LaunchPlan.for_node(self.cluster_environment, self.num_processes, self.num_nodes)
+        plan.check_port_free()
         # This process is local rank 0: its rendezvous is the one handed to the workers.
-        os.environ["MASTER_ADDR"] = main_address
-        os.environ["MASTER_PORT"] = str(main_port)
-        workers = _Workers(own_rank=node_rank * self.num_processes)
+        os.environ["MASTER_ADDR"] = plan.main_address
+        os.environ["MASTER_PORT"] = str(plan.main_port)
+        workers = _Workers(own_rank=plan.global_rank(0))
         for local_rank in range(1, self.num_processes):
-            variables = FabEnvironment.launch_variables(
-                main_address=main_address,
-                main_port=main_port,
-                world_size=self.num_processes * self.num_nodes,
-                global_rank=node_rank * self.num_processes + local_rank,
-                local_rank=local_rank,
-                node_rank=node_rank,
-            )
+            variables = plan.variables(local_rank)
             variables[LAUNCHER_PID_ENV] = str(os.getpid())
             try:
                 process = subprocess.Popen(command, env={**os.environ, **variables})

@@ -115,18 +115,29 @@ def run_hook(
 ) -> Any | None:
     """Capture and edit the part of ``structure`` the hook names (``part``, for inputs, else the
     hook's); the new structure, or ``None`` when nothing was edited."""
-    if hook.point in ("grad_input", "grad_output") and not tensor_paths(structure):
-        return None  # no gradient flows there (an input that needs none): nothing to capture
-    try:
-        path: Path = resolve(structure, part if part is not None else hook.part)
-    except LookupError as error:
-        raise LookupError(f"surgery hook on {hook.name!r} ({hook.point}): {what} {error}") from None
-    tensor = get(structure, path)
-    layout = surgery.layout
+    selected = part if part is not None else hook.part
+    path: Path
+    if selected is None and isinstance(structure, Tensor):
+        path, tensor = (), structure  # the common case, a module returning one tensor
+    else:
+        if hook.point in ("grad_input", "grad_output") and not tensor_paths(structure):
+            return None  # no gradient flows there (an input that needs none): nothing to capture
+        try:
+            path = resolve(structure, selected)
+        except LookupError as error:
+            raise LookupError(
+                f"surgery hook on {hook.name!r} ({hook.point}): {what} {error}"
+            ) from None
+        tensor = get(structure, path)
+    # (the hot path of every capture: attribute reads rather than calls where it is the same)
+    layout = surgery._layout if surgery._layout is not None else surgery.layout
     if hook.capture:
         whole = layout.gather(hook.name, tensor, hook.batch_dim)
         if whole is not None:
-            surgery._deliver(hook, whole)
+            if hook.sink is None:
+                surgery.captures.add(hook.key, whole)
+            else:
+                hook.sink(hook.key, whole)
     if hook.edit is None:
         return None
     view = layout.local_view(hook.name, tensor)
@@ -157,7 +168,12 @@ def _thread(
 
 def _output_hook(site: Site, surgery: Surgery) -> Callable[..., Any]:
     def forward_hook(module: Module, args: Any, output: Any) -> Any:
-        return _thread(site, surgery, module, output, "the output")
+        changed = False
+        for hook in site.active:
+            new = run_hook(hook, surgery, module, output, "the output")
+            if new is not None:
+                output, changed = new, True
+        return output if changed else None
 
     return forward_hook
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from argparse import Namespace
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -82,9 +83,9 @@ class Surgery:
         return self
 
     def _follow_replaced_parameters(self) -> None:
-        """Setting a model up may replace its parameters (FSDP shards them into new DTensor
-        parameters): move parameter-gradient hooks to the new ones, or refuse where a hook on the
-        new one could never see the gradient."""
+        """Setting a model up may replace its parameters (tensor parallel and FSDP turn them into
+        new DTensor parameters): move parameter-gradient hooks to the new ones, or refuse where a
+        hook on the new one could never see the gradient (FSDP's)."""
         current = dict(self.module.named_parameters())
         for (_, point), site in list(self._sites.items()):
             if point != "param_grad" or not site.hooks:
@@ -93,13 +94,7 @@ class Surgery:
             now = current.get(name)
             if now is None or now is site.target:
                 continue
-            if is_dtensor(now):
-                raise LayoutError(
-                    f"parameter {name!r} is sharded now (a DTensor); its gradient is computed on "
-                    "an unsharded copy that a hook cannot reach, so a 'param_grad' capture "
-                    "would see nothing. Remove that hook and read the whole gradient after "
-                    "backward with surgery.read_gradient(name)"
-                )
+            _refuse_unreachable_gradient(self.module, name, now)
             active = set(site.active)
             site.activate(set(), self)
             del self._sites[(id(site.target), point)]
@@ -135,7 +130,10 @@ class Surgery:
         names = [groups] if isinstance(groups, str) else list(groups)
         targets: list[tuple[str, Module | Tensor]]
         if point == "param_grad":
-            targets = list(match_parameters(self.module, pattern))
+            parameters = list(match_parameters(self.module, pattern))
+            for name, parameter in parameters:
+                _refuse_unreachable_gradient(self.module, name, parameter)
+            targets = list(parameters)
         else:
             targets = list(match_modules(self.module, pattern))
         made = []
@@ -380,6 +378,37 @@ def _set_up_by_a_wrapper(model: Module, original: Module) -> bool:
     if isinstance(outer, FabricModule):
         return unwrap_compiled(outer.forward_module)[0] is not original
     return isinstance(outer, DistributedDataParallel)
+
+
+def _refuse_unreachable_gradient(root: Module, name: str, parameter: Tensor) -> None:
+    """Raise where a hook on ``parameter`` would never see its gradient (FSDP's)."""
+    if is_dtensor(parameter) and _managed_by_fsdp(root, name):
+        raise LayoutError(
+            f"parameter {name!r} is sharded by FSDP (a DTensor); its gradient is computed on an "
+            "unsharded copy that a hook cannot reach, so a 'param_grad' hook would see "
+            "nothing. Remove that hook and read the whole gradient after backward with "
+            "surgery.read_gradient(name)"
+        )
+
+
+def _managed_by_fsdp(root: Module, parameter_name: str) -> bool:
+    """Whether FSDP2 (``fully_shard``) manages the parameter: it or a module above it is an
+    ``FSDPModule``. Such a parameter's gradient is computed on an unsharded copy and
+    reduce-scattered into ``.grad``, so a hook on the sharded parameter never runs. A tensor
+    parallel DTensor parameter takes part in autograd itself, and its hooks run."""
+    fsdp = sys.modules.get("torch.distributed.fsdp")  # never imported here: it costs seconds
+    fsdp_module = getattr(fsdp, "FSDPModule", None)
+    if not isinstance(fsdp_module, type):
+        return False
+    module: Module | None = root
+    above = parameter_name.split(".")[:-1]  # the names of the modules down to its own
+    while module is not None:
+        if isinstance(module, fsdp_module):
+            return True
+        if not above:
+            return False
+        module = module._modules.get(above.pop(0))
+    return False
 
 
 def hook_state(module: Module) -> dict[str, int]:
