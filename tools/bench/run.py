@@ -64,10 +64,12 @@ from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # mypy runs from the repository root, where this folder is tools.bench
     from tools.bench import ddp, memory, sharded
+    from tools.bench.machine import cpu_model
 else:  # run as a script, this folder is on sys.path
     import ddp
     import memory
     import sharded
+    from machine import cpu_model
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -176,16 +178,6 @@ def hand_over(argv: Sequence[str]) -> int:
 
 
 # --- the environment of a run ----------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def load_average() -> str:

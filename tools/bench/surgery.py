@@ -43,7 +43,6 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -51,12 +50,17 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from fab.wrappers.surgery import Surgery
+
+if TYPE_CHECKING:  # mypy runs from the repository root, where this folder is tools.bench
+    from tools.bench.machine import cpu_model
+else:  # run as a script, this folder is on sys.path
+    from machine import cpu_model
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "docs" / "examples"
@@ -486,16 +490,6 @@ def library_versions() -> dict[str, str | None]:
         except importlib.metadata.PackageNotFoundError:
             found[name] = None
     return found
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def load_average() -> str:

@@ -6,7 +6,9 @@ tools/bench/surgery.py reports through --json."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -176,3 +178,28 @@ def test_a_failing_surgery_run_leaves_the_doc_alone_and_fails(
     assert doc_copy.read_text(encoding="utf-8") == before
     run = bench_run.bench_surgery(quick=True)
     assert run.error == "fake_surgery.py: exit 1: nnsight broke the forward"
+
+
+def test_surgery_py_checks_and_times_what_is_installed_and_names_what_is_not(
+    tmp_path: Path,
+) -> None:
+    """tools/bench/surgery.py itself, quick, in this environment (no FlexModel here): fab's and
+    torch's rows are measured, FlexModel's say "not installed" instead of a number."""
+    out = tmp_path / "surgery.json"
+    args = ["--quick", "--shapes", "mlp", "--libraries", "torch,fab,flex-model", "--json", str(out)]
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "surgery.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text(encoding="utf-8"))
+    rows = {row["variant"]: row for row in report["shapes"][0]["rows"]}
+    measured = ("bare forward", "fab, one capture", "fab, every layer", "torch hook, one layer")
+    for variant in measured:
+        assert rows[variant]["status"] == "ok", rows[variant]
+        assert rows[variant]["x_bare"] > 0
+    assert rows["FlexModel, one capture"]["status"] == "not installed"
+    assert rows["FlexModel, one capture"]["x_bare"] is None
+    assert "| fab, one capture |" in report["markdown"]
