@@ -44,10 +44,14 @@ def test_a_name_no_package_registers_gets_no_install_hint() -> None:
 def test_fab_run_on_two_processes_shows_no_omp_banner(tmp_path: Path) -> None:
     script = tmp_path / "script.py"
     script.write_text(
-        "import os\n"
+        "import os, sys\n"
         "from fab.core import Fabric\n"
         "fabric = Fabric(accelerator='cpu')\n"
-        "print(fabric.global_rank, fabric.world_size, os.environ['OMP_NUM_THREADS'], flush=True)\n"
+        "line = f\"{fabric.global_rank} {fabric.world_size} {os.environ['OMP_NUM_THREADS']}\\n\"\n"
+        # one write of the whole line: the two ranks share the pipe, and print's separate writes
+        # of each part interleave when stdout is unbuffered
+        "sys.stdout.write(line)\n"
+        "sys.stdout.flush()\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     result = subprocess.run(

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -105,7 +105,7 @@ def test_a_32_true_step_puts_no_hook_on_modules_or_outputs() -> None:
 class Recorder:
     """Where the overridden methods below write what ran."""
 
-    calls: list[str] = []
+    calls: ClassVar[list[str]] = []
 
 
 class CountingPrecision(Precision):
