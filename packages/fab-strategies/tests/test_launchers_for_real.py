@@ -19,7 +19,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -78,6 +78,14 @@ def worker(tmp_path: Path) -> Path:
     return script
 
 
+def _buffered(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` without PYTHONUNBUFFERED (tools/dev.py sets it for its own output): the ranks
+    share one pipe, and unbuffered, ``print(line, flush=True)`` writes the line and its newline
+    in two writes, which another rank's line can come between. Buffered, each print with
+    ``flush=True`` is one write."""
+    return {k: v for k, v in environ.items() if k != "PYTHONUNBUFFERED"}
+
+
 class Run:
     """A command started in its own session, with the pids its ranks wrote."""
 
@@ -89,7 +97,7 @@ class Run:
             stderr=subprocess.PIPE,
             text=True,
             start_new_session=True,
-            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+            env={**_buffered(os.environ), "OMP_NUM_THREADS": "1", **(env or {})},
         )
 
     def wait(self, timeout: float) -> tuple[int, str, str]:
