@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from fab.lazy.errors import CheckpointFormatError, UnsafeCheckpointError
     from fab.lazy.load_state import DtypePolicy, LoadResult, load_into
     from fab.lazy.loading import lazy_load, load_safetensors
-    from fab.lazy.materializing import MaterializeError, has_meta, materialize
+    from fab.lazy.materializing import MaterializeError, has_meta, materialize, reset_method
     from fab.lazy.meta import meta_init
     from fab.lazy.shapes import (
         LazyModuleError,
@@ -38,6 +38,7 @@ _WHERE = {
     "MaterializeError": "materializing",
     "has_meta": "materializing",
     "materialize": "materializing",
+    "reset_method": "materializing",
     "meta_init": "meta",
     "LazyModuleError": "shapes",
     "has_uninitialized": "shapes",
@@ -63,6 +64,7 @@ __all__ = [
     "materialize",
     "meta_init",
     "require_initialized",
+    "reset_method",
     "skip_init",
     "uninitialized_modules",
     "uninitialized_tensors",

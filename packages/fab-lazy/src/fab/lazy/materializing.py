@@ -118,7 +118,7 @@ def initialize(module: Module, owned: list[_Owned], init_fn: InitFn | None) -> N
         protected = {id(e.tensor) for e in owned if e.written}
         for sub in _post_order(module):  # children before parents, as in construction
             pending = [e for e in owned if not e.written and any(o[1] is sub for o in e.owners)]
-            reset = _reset_method(sub)
+            reset = reset_method(sub)
             if not pending or reset is None:
                 continue
             keep = [
@@ -154,7 +154,9 @@ def _post_order(module: Module) -> list[Module]:
     return order
 
 
-def _reset_method(module: Module) -> Callable[[], object] | None:
+def reset_method(module: Module) -> Callable[[], object] | None:
+    """The method that initializes ``module``'s own parameters and buffers
+    (``reset_parameters``, else ``_reset_parameters``), or None when it has neither."""
     for name in ("reset_parameters", "_reset_parameters"):
         method = getattr(module, name, None)
         if callable(method):

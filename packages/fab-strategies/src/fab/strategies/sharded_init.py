@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.nn import Module, Parameter
 
-from fab.lazy import MaterializeError
+from fab.lazy import MaterializeError, reset_method
 
 
 def materialize_sharded(module: Module, device: torch.device, rng_state: Tensor | None) -> None:
@@ -71,7 +71,7 @@ def initialize_like_eager(module: Module, rng_state: Tensor | None, targets: set
             ]
             if not own:
                 continue
-            reset = _reset_method(sub)
+            reset = reset_method(sub)
             if reset is None:
                 missing.append(f"{name or '<root>'} ({type(sub).__name__})")
                 continue
@@ -149,14 +149,6 @@ def _post_order(module: Module) -> list[tuple[str, Module]]:
 
     visit("", module)
     return order
-
-
-def _reset_method(module: Module) -> Callable[[], object] | None:
-    for name in ("reset_parameters", "_reset_parameters"):
-        method = getattr(module, name, None)
-        if callable(method):
-            return method  # type: ignore[no-any-return]
-    return None
 
 
 def broadcast_from_rank_zero(module: Module, group: Any | None = None) -> None:
